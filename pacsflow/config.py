@@ -1,0 +1,172 @@
+"""Site and project configuration: frozen pydantic models over plain data.
+
+The models validate shape only; :func:`load_site_config` and
+:func:`load_project_config` read the YAML files, so a configuration can be built and
+checked in a test without touching the disk or the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pacsflow.errors import ConfigError
+
+SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_AE_TITLE = r"^[ -~]{1,16}$"
+
+
+class RetrieveMethod(StrEnum):
+    """How studies are pulled from a source (PS3.4 Annex C.4.2 and C.4.3)."""
+
+    MOVE = "move"
+    GET = "get"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Frozen):
+    """A DICOM query/retrieve SCP that we pull from."""
+
+    ae_title: Annotated[str, Field(pattern=_AE_TITLE, description="The source's AE title.")]
+    host: str = Field(description="Host name or address of the source.")
+    port: int = Field(ge=1, le=65535, description="DICOM port of the source.")
+    max_concurrent: int = Field(
+        default=2, ge=1, description="Most retrievals and queries running against it at once."
+    )
+    retrieve: RetrieveMethod = Field(
+        default=RetrieveMethod.MOVE, description="C-MOVE into our receiver, or C-GET."
+    )
+    timeout: float = Field(default=60.0, gt=0, description="Network timeout in seconds.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _strip_ae(cls, value: str) -> str:
+        return value.strip()
+
+
+class FilesystemDestinationConfig(_Frozen):
+    """Export into a folder: ``<path>/<project>/<pseudo patient>/<pseudo study>/``."""
+
+    type: Literal["filesystem"] = "filesystem"
+    path: Path
+
+
+class ReceiverConfig(_Frozen):
+    """Our own storage SCP, the C-MOVE destination. Sources must know this AE title."""
+
+    ae_title: Annotated[str, Field(pattern=_AE_TITLE)] = "PACSFLOW"
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+
+
+class SiteConfig(_Frozen):
+    """Everything about one site: where the sources are, where studies go."""
+
+    ledger: str = Field(default="sqlite:///.pacsflow/ledger.db", description="SQLAlchemy URL.")
+    receiver: ReceiverConfig = ReceiverConfig()
+    staging: Path = Path(".pacsflow/staging")
+    sources: dict[str, SourceConfig]
+    destinations: dict[str, FilesystemDestinationConfig]
+
+    @field_validator("sources", "destinations")
+    @classmethod
+    def _names_are_slugs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not re.match(SLUG, name):
+                raise ValueError(
+                    f"name {name!r} must be lowercase letters, digits and dashes "
+                    "(it becomes a Prefect block name and a concurrency tag)"
+                )
+        if not value:
+            raise ValueError("declare at least one")
+        return value
+
+
+class ProjectConfig(_Frozen):
+    """One research project: which sources to search, in order, and where to export."""
+
+    name: Annotated[str, Field(pattern=SLUG, description="Project slug, as in the manifest.")]
+    sources: list[str] = Field(min_length=1, description="Source names; the first is primary.")
+    destination: str
+    modalities: list[str] = Field(default_factory=list, description="Keep only these; [] = all.")
+    profile: str = "basic"
+    key_secret: str | None = Field(
+        default=None,
+        description="Prefect Secret block with the pseudonymisation key; default <name>-key.",
+    )
+
+    @property
+    def key_secret_name(self) -> str:
+        return self.key_secret or f"{self.name}-key"
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [m.strip().upper() for m in value]
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> ProjectConfig:
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError("sources lists a name twice")
+        return self
+
+    def check_against(self, site: SiteConfig) -> None:
+        """Fail if the project names a source or destination the site does not have."""
+        for name in self.sources:
+            if name not in site.sources:
+                raise ConfigError(
+                    f"project {self.name!r}: source {name!r} is not declared in the site "
+                    f"config; known sources: {sorted(site.sources)}"
+                )
+        if self.destination not in site.destinations:
+            raise ConfigError(
+                f"project {self.name!r}: destination {self.destination!r} is not declared in "
+                f"the site config; known destinations: {sorted(site.destinations)}"
+            )
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  - {key}: {item['msg']}")
+    lines.append("Fix these keys and run the command again.")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file. Pass the path of an existing YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site configuration file (default ``pacsflow.yaml``)."""
+    path = Path(path)
+    try:
+        return SiteConfig.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def load_project_config(path: str | Path) -> ProjectConfig:
+    """Read and validate a project file (``projects/<slug>.yaml``)."""
+    path = Path(path)
+    try:
+        return ProjectConfig.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None

@@ -1,0 +1,98 @@
+"""Our storage SCP: the C-MOVE destination, one per worker process.
+
+Sources open a new association to it for every study they send. Accepting an
+association makes pynetdicom copy and check every supported presentation context, so
+the receiver supports the common storage SOP classes only, with every transfer syntax
+(we keep what the source sends; no transcoding).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import partial
+from pathlib import Path
+
+from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from pacsflow.config import ReceiverConfig
+from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
+from pacsflow.dicom.storage import handle_store
+from pacsflow.errors import ConfigError
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Receiver:
+    """A running storage SCP writing into ``staging`` (see :mod:`pacsflow.dicom.storage`)."""
+
+    def __init__(self, config: ReceiverConfig, staging: Path) -> None:
+        self.config = config
+        self.staging = Path(staging)
+        self._server = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> Receiver:
+        if self._server is not None:
+            return self
+        ae = make_ae(self.config.ae_title)
+        ae.add_supported_context(Verification)
+        for context in StoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        handlers = [
+            *NODELAY_HANDLERS,
+            (evt.EVT_C_STORE, partial(handle_store, staging=self.staging)),
+        ]
+        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = ae.start_server(
+                (self.config.host, self.config.port), block=False, evt_handlers=handlers
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot start the receiver on {self.config.host}:{self.config.port}: {exc}. "
+                "Another program (or another pacsflow worker) uses that port; stop it or set "
+                "receiver.port in the site config."
+            ) from exc
+        LOGGER.info(
+            "receiver %s listening on %s:%s",
+            self.config.ae_title,
+            self.config.host,
+            self.config.port,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+
+_PROCESS_RECEIVER: Receiver | None = None
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_receiver(config: ReceiverConfig, staging: Path) -> Receiver:
+    """The receiver of this worker process, started on first use and then reused."""
+    global _PROCESS_RECEIVER
+    with _PROCESS_LOCK:
+        current = _PROCESS_RECEIVER
+        if current is not None and (current.config != config or current.staging != Path(staging)):
+            current.stop()
+            current = None
+        if current is None:
+            current = Receiver(config, staging).start()
+            _PROCESS_RECEIVER = current
+        return current
+
+
+def stop_process_receiver() -> None:
+    global _PROCESS_RECEIVER
+    with _PROCESS_LOCK:
+        if _PROCESS_RECEIVER is not None:
+            _PROCESS_RECEIVER.stop()
+            _PROCESS_RECEIVER = None

@@ -1,0 +1,147 @@
+"""What flows do to the ledger, as plain functions over an injected ``Session``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.orm import Session
+
+from pacsflow.ledger.models import WORK_TO_DO, Study, StudyStatus
+from pacsflow.manifest import ManifestRow
+
+_CHUNK = 500  # keeps IN (...) lists within every database's parameter limit
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Counts only: safe to log and to hand to Prefect."""
+
+    added: int
+    already_known: int
+
+
+def _existing_keys(session: Session, project: str, rows: list[ManifestRow]) -> set[tuple]:
+    keys: set[tuple] = set()
+    uids = [r.study_uid for r in rows if r.study_uid]
+    pairs = [(r.mrn, r.accession_number) for r in rows if r.mrn and r.accession_number]
+    for start in range(0, len(uids), _CHUNK):
+        chunk = uids[start : start + _CHUNK]
+        query = select(Study.study_uid).where(Study.project == project, Study.study_uid.in_(chunk))
+        keys.update(("uid", uid) for uid in session.scalars(query))
+    for start in range(0, len(pairs), _CHUNK):
+        chunk = pairs[start : start + _CHUNK]
+        query = select(Study.mrn, Study.accession_number).where(
+            Study.project == project, tuple_(Study.mrn, Study.accession_number).in_(chunk)
+        )
+        keys.update(("acc", mrn, acc) for mrn, acc in session.execute(query))
+    return keys
+
+
+def _is_known(row: ManifestRow, known: set[tuple]) -> bool:
+    by_uid = row.study_uid is not None and ("uid", row.study_uid) in known
+    by_acc = ("acc", row.mrn, row.accession_number) in known
+    return by_uid or by_acc
+
+
+def ingest_manifest(session: Session, project: str, rows: Iterable[ManifestRow]) -> IngestResult:
+    """Add the rows the ledger does not know yet; leave known studies exactly as they are.
+
+    A study is known by its study UID or by its MRN plus accession number, whichever
+    the earlier manifest gave. All rows are added in one transaction.
+    """
+    rows = list(rows)
+    known = _existing_keys(session, project, rows)
+    added = 0
+    for row in rows:
+        if _is_known(row, known):
+            continue
+        session.add(
+            Study(
+                project=project,
+                mrn=row.mrn,
+                accession_number=row.accession_number,
+                study_date=row.study_date,
+                study_uid=row.study_uid,
+                participant_id=row.participant_id,
+                procedure_id=row.procedure_id,
+                status=StudyStatus.PENDING,
+                attempts=0,
+            )
+        )
+        added += 1
+    session.commit()
+    return IngestResult(added=added, already_known=len(rows) - added)
+
+
+def studies_to_process(session: Session, project: str) -> list[tuple[int, str]]:
+    """(id, ref) of the project's studies still to do; finished ones are never returned."""
+    query = (
+        select(Study.id, Study.ref)
+        .where(Study.project == project, Study.status.in_([s.value for s in WORK_TO_DO]))
+        .order_by(Study.id)
+    )
+    return [(row.id, row.ref) for row in session.execute(query)]
+
+
+def get_study(session: Session, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise LookupError(f"no study with ledger id {study_id}")
+    return study
+
+
+def status_counts(session: Session, project: str) -> dict[str, int]:
+    """Count of the project's studies per status, every status present (zeros included)."""
+    query = (
+        select(Study.status, func.count()).where(Study.project == project).group_by(Study.status)
+    )
+    counts = {status.value: 0 for status in StudyStatus}
+    counts.update({str(status): n for status, n in session.execute(query)})
+    return counts
+
+
+def source_counts(session: Session, project: str) -> dict[str, int]:
+    """Exported studies per source, to show where the fallback was needed."""
+    query = (
+        select(Study.source, func.count())
+        .where(Study.project == project, Study.status == StudyStatus.EXPORTED)
+        .group_by(Study.source)
+    )
+    return {str(source): n for source, n in session.execute(query)}
+
+
+def update_study(session: Session, study_id: int, **values: object) -> None:
+    """Set columns of one study and commit; unknown column names are a programming error."""
+    study = get_study(session, study_id)
+    for name, value in values.items():
+        if not hasattr(Study, name):
+            raise AttributeError(f"Study has no column {name!r}")
+        setattr(study, name, value)
+    session.commit()
+
+
+def start_attempt(session: Session, study_id: int) -> Study:
+    study = get_study(session, study_id)
+    study.status = StudyStatus.RETRIEVING
+    study.attempts = (study.attempts or 0) + 1
+    study.last_error = None
+    session.commit()
+    return study
+
+
+def mark_exported(session: Session, study_id: int, exported_instances: int) -> None:
+    update_study(
+        session,
+        study_id,
+        status=StudyStatus.EXPORTED,
+        exported_instances=exported_instances,
+        exported_at=dt.datetime.now(dt.UTC),
+        last_error=None,
+    )
+
+
+def mark_failed(session: Session, study_id: int, reason: str) -> None:
+    update_study(session, study_id, status=StudyStatus.FAILED, last_error=reason[:2000])

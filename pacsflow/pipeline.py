@@ -1,0 +1,168 @@
+"""The steps of processing one study, as plain functions the Prefect tasks wrap.
+
+Every step takes a :class:`Workspace` (the injected collaborators) and a ledger id,
+reads the identifiers it needs from the ledger, records its result there, and returns
+only values that are safe to show in Prefect: booleans, counts, source names.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacsflow.config import ProjectConfig, RetrieveMethod, SiteConfig
+from pacsflow.deid.deidentify import deidentify_file
+from pacsflow.deid.pseudonyms import Pseudonymizer
+from pacsflow.dicom import storage
+from pacsflow.dicom.query import StudyQuery, find_study
+from pacsflow.dicom.receiver import process_receiver
+from pacsflow.dicom.retrieve import get_study, move_study
+from pacsflow.errors import PermanentError, RetriableError
+from pacsflow.export import make_destination
+from pacsflow.ledger import repository as repo
+from pacsflow.ledger.models import StudyStatus
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Workspace:
+    """What the steps need, built once per worker process and handed in."""
+
+    site: SiteConfig
+    sessions: sessionmaker[Session]
+    locks: storage.StudyLocks = field(default_factory=storage.StudyLocks)
+
+    @property
+    def calling_ae(self) -> str:
+        return self.site.receiver.ae_title
+
+    @property
+    def staging(self) -> Path:
+        return Path(self.site.staging)
+
+
+def begin(ws: Workspace, study_id: int) -> bool:
+    """Mark an attempt; False when the ledger says the study is already exported."""
+    with ws.sessions() as session:
+        if repo.get_study(session, study_id).status == StudyStatus.EXPORTED:
+            return False
+        repo.start_attempt(session, study_id)
+    return True
+
+
+def locate(ws: Workspace, study_id: int, source_name: str) -> bool:
+    """C-FIND the study at one source; record what was found. True when it is there."""
+    source = ws.site.sources[source_name]
+    with ws.sessions() as session:
+        study = repo.get_study(session, study_id)
+        query = StudyQuery(study.study_uid, study.mrn, study.accession_number)
+    match = find_study(source, ws.calling_ae, query)
+    if match is None:
+        return False
+    with ws.sessions() as session:
+        repo.update_study(
+            session,
+            study_id,
+            source=source_name,
+            found_study_uid=match.study_uid,
+            expected_instances=match.instances,
+        )
+    return True
+
+
+def fetch(ws: Workspace, study_id: int, source_name: str) -> int:
+    """Retrieve a located study into raw staging; returns the number of instances held.
+
+    Fewer instances than the source announced is a retriable error: a later attempt
+    starts again from an empty folder.
+    """
+    source = ws.site.sources[source_name]
+    with ws.sessions() as session:
+        study = repo.get_study(session, study_id)
+        study_uid, expected = study.found_study_uid, study.expected_instances
+    if not study_uid:
+        raise PermanentError("fetch called before the study was located")
+    folder = storage.study_dir(ws.staging, study_uid)
+    with ws.locks.for_study(study_uid):
+        storage.clear(folder)
+        if source.retrieve == RetrieveMethod.GET:
+            outcome = get_study(source, ws.calling_ae, study_uid, ws.staging)
+        else:
+            receiver = process_receiver(ws.site.receiver, ws.staging)
+            outcome = move_study(source, ws.calling_ae, receiver.config.ae_title, study_uid)
+        received = storage.count_instances(folder)
+    with ws.sessions() as session:
+        repo.update_study(session, study_id, received_instances=received)
+    wanted = expected if expected is not None else outcome.completed
+    if received == 0 or received < wanted or outcome.failed:
+        raise RetriableError(
+            f"received {received} of {wanted} instances from {source_name} "
+            f"({outcome.failed} sub-operations failed)"
+        )
+    return received
+
+
+def _patient_pseudonym(study, pseudonymizer: Pseudonymizer, first_file: Path) -> str:
+    if study.participant_id:
+        return study.participant_id
+    mrn = study.mrn
+    if not mrn:  # a manifest row with only a study UID: key on the PatientID the source holds
+        mrn = str(pydicom.dcmread(first_file, stop_before_pixels=True).get("PatientID", ""))
+    return pseudonymizer.patient_id(mrn)
+
+
+def deidentify_and_export(
+    ws: Workspace, study_id: int, project: ProjectConfig, pseudonymizer: Pseudonymizer
+) -> int:
+    """De-identify the staged study and export it; returns instances exported."""
+    with ws.sessions() as session:
+        study = repo.get_study(session, study_id)
+    raw = storage.study_dir(ws.staging, study.found_study_uid)
+    files = sorted(raw.glob("*.dcm"))
+    if not files:
+        raise RetriableError("no retrieved instances in staging; the study will be fetched again")
+    patient = _patient_pseudonym(study, pseudonymizer, files[0])
+    pseudo_study = pseudonymizer.uid(study.found_study_uid)
+    work = ws.staging / "deid" / study.ref
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    kept = 0
+    for path in files:
+        if project.modalities:
+            modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+            if str(modality.get("Modality", "")).upper() not in project.modalities:
+                continue
+        deidentify_file(path, work / f"{kept:05d}.dcm", pseudonymizer, patient)
+        kept += 1
+    if kept == 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise PermanentError(
+            f"none of the {len(files)} instances has a modality in {project.modalities}"
+        )
+    destination = make_destination(ws.site.destinations[project.destination])
+    receipt = destination.export(work, project.name, patient, pseudo_study)
+    with ws.sessions() as session:
+        repo.update_study(
+            session, study_id, pseudo_patient_id=patient, pseudo_study_uid=pseudo_study
+        )
+        repo.mark_exported(session, study_id, receipt.instances)
+    shutil.rmtree(work, ignore_errors=True)
+    with ws.locks.for_study(study.found_study_uid):
+        storage.clear(raw)
+    return receipt.instances
+
+
+def record_not_found(ws: Workspace, study_id: int) -> None:
+    with ws.sessions() as session:
+        repo.update_study(session, study_id, status=StudyStatus.NOT_FOUND, source=None)
+
+
+def record_failure(ws: Workspace, study_id: int, reason: str) -> None:
+    with ws.sessions() as session:
+        repo.mark_failed(session, study_id, reason)
