@@ -1,0 +1,146 @@
+"""A complete sandbox site: two seeded PACS and the config, project and manifest for them.
+
+The manifest asks for studies that are only in the primary, only in the secondary, in
+both (the primary must win) and in neither (they must end ``not_found``), so a new user
+sees every path of the extraction without a hospital at hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pacsflow.sandbox.pacs import SandboxPacs
+from pacsflow.sandbox.synthetic import make_patients, make_study
+
+PROJECT = "sandbox-demo"
+
+
+@dataclass
+class SandboxSite:
+    folder: Path
+    primary: SandboxPacs
+    secondary: SandboxPacs
+    config_path: Path
+    project_path: Path
+    manifest_path: Path
+    expected: dict[str, int] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        self.primary.stop()
+        self.secondary.stop()
+
+
+def _placement(n_studies: int) -> list[str]:
+    """Where each requested study lives: about half primary-only, a quarter
+    secondary-only, and at least one in both and one in neither."""
+    neither = max(1, n_studies // 6)
+    both = max(1, n_studies // 12)
+    secondary = max(1, n_studies // 4)
+    primary = n_studies - neither - both - secondary
+    if primary < 1:
+        raise ValueError("a sandbox needs at least 4 studies")
+    return (
+        ["primary"] * primary + ["secondary"] * secondary + ["both"] * both + ["neither"] * neither
+    )
+
+
+def build_sandbox(
+    folder: Path,
+    *,
+    primary_port: int,
+    secondary_port: int,
+    receiver_port: int,
+    n_studies: int = 12,
+    instances: int = 3,
+    seed: int = 0,
+) -> SandboxSite:
+    """Seed and start the two PACS, write ``pacsflow.yaml``, the project and the manifest."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    receiver = ("PACSFLOW", "127.0.0.1", receiver_port)
+    destinations = {receiver[0]: (receiver[1], receiver[2])}
+    primary = SandboxPacs("PRIMARY", primary_port, folder / "pacs-primary", destinations)
+    secondary = SandboxPacs("SECONDARY", secondary_port, folder / "pacs-secondary", destinations)
+
+    rng = random.Random(seed)
+    places = _placement(n_studies)
+    rng.shuffle(places)
+    rows = []
+    for number, (patient, place) in enumerate(
+        zip(make_patients(n_studies, seed), places, strict=True)
+    ):
+        accession = f"ACC{seed:02d}{number:06d}"
+        study_date = dt.date(2018, 1, 1) + dt.timedelta(days=rng.randrange(6 * 365))
+        modality = rng.choice(["CT", "MR"])
+        study = make_study(
+            mrn=patient.mrn,
+            accession=accession,
+            study_date=study_date,
+            patient_name=patient.name,
+            birth_date=patient.birth_date,
+            sex=patient.sex,
+            modality=modality,
+            n_series=2,
+            n_instances=instances,
+            seed=seed,
+        )
+        if place in ("primary", "both"):
+            primary.add_datasets(study)
+        if place in ("secondary", "both"):
+            secondary.add_datasets(study)
+        rows.append(
+            {
+                "mrn": patient.mrn,
+                "accession_number": accession,
+                "study_date": study_date.isoformat(),
+            }
+        )
+    primary.start()
+    secondary.start()
+
+    config = {
+        "ledger": f"sqlite:///{folder / 'ledger.db'}",
+        "receiver": {"ae_title": receiver[0], "host": receiver[1], "port": receiver[2]},
+        "staging": str(folder / "staging"),
+        "sources": {
+            "primary": {
+                "ae_title": "PRIMARY",
+                "host": "127.0.0.1",
+                "port": primary_port,
+                "max_concurrent": 4,
+                "retrieve": "move",
+            },
+            "secondary": {
+                "ae_title": "SECONDARY",
+                "host": "127.0.0.1",
+                "port": secondary_port,
+                "max_concurrent": 2,
+                "retrieve": "get",
+            },
+        },
+        "destinations": {"local": {"type": "filesystem", "path": str(folder / "export")}},
+    }
+    project = {
+        "name": PROJECT,
+        "sources": ["primary", "secondary"],
+        "destination": "local",
+        "modalities": ["CT", "MR"],
+        "profile": "basic",
+    }
+    config_path = folder / "pacsflow.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    project_path = folder / "projects" / f"{PROJECT}.yaml"
+    project_path.parent.mkdir(exist_ok=True)
+    project_path.write_text(yaml.safe_dump(project, sort_keys=False))
+    manifest_path = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest_path, index=False)
+    expected = {p: places.count(p) for p in ("primary", "secondary", "both", "neither")}
+    return SandboxSite(
+        folder, primary, secondary, config_path, project_path, manifest_path, expected
+    )

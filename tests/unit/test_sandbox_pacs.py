@@ -1,0 +1,300 @@
+"""SandboxPacs speaks real DIMSE: echo, find, move to a registered destination, get."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_role
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
+from pacsflow.sandbox import (
+    PortInUseError,
+    SandboxPacs,
+    make_patients,
+    make_study,
+    write_study,
+)
+
+FIND = StudyRootQueryRetrieveInformationModelFind
+MOVE = StudyRootQueryRetrieveInformationModelMove
+GET = StudyRootQueryRetrieveInformationModelGet
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Receiver:
+    """A storage SCP that records the SOPInstanceUIDs it is sent."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self._lock = threading.Lock()
+
+    def handle_store(self, event: evt.Event) -> int:
+        with self._lock:
+            self.received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+
+@pytest.fixture(scope="module")
+def studies() -> list[list[Dataset]]:
+    patients = make_patients(2, seed=7)
+    ct = make_study(
+        mrn=patients[0].mrn,
+        accession="ACC1001",
+        study_date=datetime.date(2024, 3, 5),
+        patient_name=patients[0].name,
+        birth_date=patients[0].birth_date,
+        sex=patients[0].sex,
+        modality="CT",
+        n_series=2,
+        n_instances=3,
+    )
+    mr = make_study(
+        mrn=patients[1].mrn,
+        accession="ACC1002",
+        study_date=datetime.date(2024, 6, 20),
+        patient_name=patients[1].name,
+        birth_date=patients[1].birth_date,
+        sex=patients[1].sex,
+        modality="MR",
+        n_series=1,
+        n_instances=2,
+    )
+    return [ct, mr]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, int]]:
+    rec = Receiver()
+    ae = make_ae("DEST", timeout=5)
+    for uid in (CTImageStorage, MRImageStorage):
+        ae.add_supported_context(uid)
+    port = free_port()
+    ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, rec.handle_store), *NODELAY_HANDLERS],
+    )
+    yield rec, port
+    ae.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pacs(
+    tmp_path_factory: pytest.TempPathFactory,
+    studies: list[list[Dataset]],
+    receiver: tuple[Receiver, int],
+) -> Iterator[SandboxPacs]:
+    storage = tmp_path_factory.mktemp("pacs")
+    server = SandboxPacs("SANDBOX", free_port(), storage, destinations={"DEST": ("127.0.0.1", 0)})
+    server.add_destination("DEST", "127.0.0.1", receiver[1])
+    server.add_datasets(studies[0])  # before start: found by indexing the folder
+    with server:
+        server.add_datasets(studies[1])  # after start: indexed directly
+        yield server
+
+
+def associate(pacs: SandboxPacs, *contexts: str, **kwargs: object) -> Association:
+    ae = make_ae("TESTSCU", timeout=5)
+    for uid in contexts:
+        ae.add_requested_context(uid)
+    kwargs.setdefault("evt_handlers", list(NODELAY_HANDLERS))
+    host, port = pacs.address
+    return ae.associate(host, port, ae_title=pacs.ae_title, **kwargs)
+
+
+def find(pacs: SandboxPacs, **keys: object) -> tuple[list[Dataset], int]:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    for keyword in ("StudyInstanceUID", "PatientID", "AccessionNumber", "StudyDate"):
+        setattr(query, keyword, "")
+    query.PatientName = ""
+    query.ModalitiesInStudy = ""
+    query.NumberOfStudyRelatedInstances = ""
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    assoc = associate(pacs, FIND)
+    assert assoc.is_established
+    matches, final = [], None
+    try:
+        for status, identifier in assoc.send_c_find(query, FIND):
+            assert status is not None, "C-FIND got no response"
+            if status.Status == 0xFF00:
+                matches.append(identifier)
+            else:
+                final = status.Status
+    finally:
+        assoc.release()
+    assert final is not None
+    return matches, final
+
+
+def test_echo(pacs: SandboxPacs) -> None:
+    assoc = associate(pacs, Verification)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_find_by_study_uid(pacs: SandboxPacs, studies: list[list[Dataset]]) -> None:
+    ct = studies[0]
+    matches, status = find(pacs, StudyInstanceUID=ct[0].StudyInstanceUID)
+    assert status == 0x0000
+    assert len(matches) == 1
+    match = matches[0]
+    assert match.StudyInstanceUID == ct[0].StudyInstanceUID
+    assert match.PatientName == ct[0].PatientName
+    assert int(match.NumberOfStudyRelatedInstances) == 6
+    assert int(match.NumberOfStudyRelatedSeries) == 2
+    assert match.ModalitiesInStudy == "CT"
+    assert match.RetrieveAETitle == "SANDBOX"
+
+
+def test_find_by_uid_list(pacs: SandboxPacs, studies: list[list[Dataset]]) -> None:
+    uids = [s[0].StudyInstanceUID for s in studies]
+    matches, status = find(pacs, StudyInstanceUID=uids)
+    assert status == 0x0000
+    assert sorted(m.StudyInstanceUID for m in matches) == sorted(uids)
+
+
+def test_find_by_patient_and_accession(pacs: SandboxPacs, studies: list[list[Dataset]]) -> None:
+    mr = studies[1]
+    matches, status = find(pacs, PatientID=mr[0].PatientID, AccessionNumber="ACC1002")
+    assert status == 0x0000
+    assert [m.StudyInstanceUID for m in matches] == [mr[0].StudyInstanceUID]
+    assert int(matches[0].NumberOfStudyRelatedInstances) == 2
+    assert matches[0].ModalitiesInStudy == "MR"
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"StudyDate": "20240301-20240331"}, ["ACC1001"]),
+        ({"StudyDate": "20240601-"}, ["ACC1002"]),
+        ({"StudyDate": "-20241231"}, ["ACC1001", "ACC1002"]),
+        ({"StudyDate": "20240620"}, ["ACC1002"]),
+        ({"ModalitiesInStudy": "MR"}, ["ACC1002"]),
+        ({"ModalitiesInStudy": ["CT", "PT"]}, ["ACC1001"]),
+        ({"AccessionNumber": "ACC100*"}, ["ACC1001", "ACC1002"]),
+    ],
+)
+def test_find_dates_modalities_wildcards(
+    pacs: SandboxPacs, keys: dict[str, object], expected: list[str]
+) -> None:
+    matches, status = find(pacs, **keys)
+    assert status == 0x0000
+    assert sorted(m.AccessionNumber for m in matches) == expected
+
+
+def test_find_no_match_is_success_without_identifiers(pacs: SandboxPacs) -> None:
+    matches, status = find(pacs, PatientID="MRN0000000", AccessionNumber="NOPE")
+    assert matches == []
+    assert status == 0x0000
+
+
+def test_move_sends_every_instance(
+    pacs: SandboxPacs, studies: list[list[Dataset]], receiver: tuple[Receiver, int]
+) -> None:
+    rec = receiver[0]
+    rec.received.clear()
+    ct = studies[0]
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ct[0].StudyInstanceUID
+    assoc = associate(pacs, MOVE)
+    assert assoc.is_established
+    statuses = [status.Status for status, _ in assoc.send_c_move(query, "DEST", MOVE)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    assert sorted(rec.received) == sorted(ds.SOPInstanceUID for ds in ct)
+
+
+def test_move_to_unknown_destination_is_a801(
+    pacs: SandboxPacs, studies: list[list[Dataset]]
+) -> None:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = studies[0][0].StudyInstanceUID
+    assoc = associate(pacs, MOVE)
+    statuses = [status.Status for status, _ in assoc.send_c_move(query, "NOBODY", MOVE)]
+    assoc.release()
+    assert statuses == [0xA801]
+
+
+def test_get_receives_every_instance(pacs: SandboxPacs, studies: list[list[Dataset]]) -> None:
+    rec = Receiver()
+    mr = studies[1]
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = mr[0].StudyInstanceUID
+    assoc = associate(
+        pacs,
+        GET,
+        CTImageStorage,
+        MRImageStorage,
+        ext_neg=[build_role(uid, scp_role=True) for uid in (CTImageStorage, MRImageStorage)],
+        evt_handlers=[(evt.EVT_C_STORE, rec.handle_store), *NODELAY_HANDLERS],
+    )
+    assert assoc.is_established
+    statuses = [status.Status for status, _ in assoc.send_c_get(query, GET)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    assert sorted(rec.received) == sorted(ds.SOPInstanceUID for ds in mr)
+
+
+def test_offline_rejects_every_association(pacs: SandboxPacs) -> None:
+    pacs.set_offline(True)
+    try:
+        assoc = associate(pacs, Verification)
+        assert not assoc.is_established
+        assert assoc.is_rejected
+    finally:
+        pacs.set_offline(False)
+    assoc = associate(pacs, Verification)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port}"):
+            SandboxPacs("BUSY", port, tmp_path).start()
+
+
+def test_port_zero_reports_the_real_port(tmp_path: Path) -> None:
+    with SandboxPacs("ANYPORT", 0, tmp_path) as server:
+        assert server.address[1] != 0
+        assoc = associate(server, Verification)
+        assert assoc.is_established
+        assoc.release()
+
+
+def test_add_files_copies_into_storage(tmp_path: Path, studies: list[list[Dataset]]) -> None:
+    paths = write_study(studies[1], tmp_path / "elsewhere")
+    server = SandboxPacs("COPY", 0, tmp_path / "storage")
+    stored = server.add_files(paths)
+    assert server.instance_count == len(paths)
+    assert all(p.parent == tmp_path / "storage" and p.exists() for p in stored)
