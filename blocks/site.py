@@ -1,0 +1,92 @@
+"""The site block ties sources, destinations, the ledger and the receiver together.
+
+``save_site`` stores a :class:`~pacsflow.config.SiteConfig` as blocks (idempotently:
+saving again overwrites), and ``load_site`` builds it back, so flows load blocks by
+name and users can view and edit them in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from blocks.destinations import FilesystemExportDestination
+from blocks.sources import DicomSource
+from pacsflow.config import ReceiverConfig, SiteConfig
+from pacsflow.errors import ConfigError
+
+DEFAULT_SITE = "default"
+
+
+class PacsflowSite(Block):
+    """Which sources and destinations a site has, its ledger and its receiver."""
+
+    _block_type_name = "pacsflow site"
+    _block_type_slug = "pacsflow-site"
+    _description = "The ledger, receiver and staging of a pacsflow site, and its sources."
+
+    ledger_url: SecretStr = Field(
+        description="SQLAlchemy URL of the ledger database (may hold a password)."
+    )
+    receiver_ae_title: str = Field(default="PACSFLOW", description="Our C-MOVE destination AE.")
+    receiver_host: str = Field(default="127.0.0.1", description="Address the receiver binds.")
+    receiver_port: int = Field(default=11112, description="Port the receiver listens on.")
+    staging: str = Field(description="Folder for raw retrieved studies (holds identifiers).")
+    sources: list[str] = Field(description="Names of pacsflow DICOM source blocks.")
+    destinations: list[str] = Field(description="Names of pacsflow destination blocks.")
+
+
+def _absolute_sqlite(url: str, base: Path) -> str:
+    """Workers may run elsewhere: store a relative SQLite path as an absolute one."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str((base / url[len(prefix) :]).resolve())
+    return url
+
+
+def save_site(config: SiteConfig, name: str = DEFAULT_SITE, base: Path | None = None) -> None:
+    """Save ``config`` as blocks: one per source and destination, and the site itself."""
+    base = base or Path.cwd()
+    for source_name, source in config.sources.items():
+        DicomSource.from_config(source).save(source_name, overwrite=True)
+    for dest_name, dest in config.destinations.items():
+        resolved = dest.model_copy(update={"path": (base / dest.path).resolve()})
+        FilesystemExportDestination.from_config(resolved).save(dest_name, overwrite=True)
+    PacsflowSite(
+        ledger_url=SecretStr(_absolute_sqlite(config.ledger, base)),
+        receiver_ae_title=config.receiver.ae_title,
+        receiver_host=config.receiver.host,
+        receiver_port=config.receiver.port,
+        staging=str((base / config.staging).resolve()),
+        sources=list(config.sources),
+        destinations=list(config.destinations),
+    ).save(name, overwrite=True)
+
+
+def _load(block_type: type[Block], name: str, what: str) -> Block:
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        raise ConfigError(
+            f"no {what} block named {name!r} on the Prefect server; run "
+            "`pacsflow configure pacsflow.yaml` first"
+        ) from exc
+
+
+def load_site(name: str = DEFAULT_SITE) -> SiteConfig:
+    """Build the SiteConfig back from the blocks saved under ``name``."""
+    site = _load(PacsflowSite, name, "pacsflow site")
+    return SiteConfig(
+        ledger=site.ledger_url.get_secret_value(),
+        receiver=ReceiverConfig(
+            ae_title=site.receiver_ae_title, host=site.receiver_host, port=site.receiver_port
+        ),
+        staging=Path(site.staging),
+        sources={n: _load(DicomSource, n, "DICOM source").to_config() for n in site.sources},
+        destinations={
+            n: _load(FilesystemExportDestination, n, "destination").to_config()
+            for n in site.destinations
+        },
+    )

@@ -1,0 +1,45 @@
+"""The DICOM source block: one per PACS or VNA that pacsflow pulls from."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from pacsflow.config import RetrieveMethod, SourceConfig
+
+
+class DicomSource(Block):
+    """A DICOM query/retrieve SCP. Its name is the source name projects refer to."""
+
+    _block_type_name = "pacsflow DICOM source"
+    _block_type_slug = "pacsflow-dicom-source"
+    _description = "A PACS or VNA that pacsflow queries (C-FIND) and retrieves from."
+
+    ae_title: str = Field(description="The source's AE title.")
+    host: str = Field(description="Host name or address of the source.")
+    port: int = Field(description="DICOM port of the source.")
+    max_concurrent: int = Field(
+        default=2,
+        description="Most queries and retrievals running against this source at once, "
+        "across every project, flow run and worker (a Prefect tag concurrency limit).",
+    )
+    retrieve: Literal["move", "get"] = Field(
+        default="move", description="C-MOVE into pacsflow's receiver, or C-GET."
+    )
+    timeout: float = Field(default=60.0, description="Network timeout in seconds.")
+
+    @classmethod
+    def from_config(cls, config: SourceConfig) -> DicomSource:
+        return cls(**config.model_dump(mode="json"))
+
+    def to_config(self) -> SourceConfig:
+        return SourceConfig(
+            ae_title=self.ae_title,
+            host=self.host,
+            port=self.port,
+            max_concurrent=self.max_concurrent,
+            retrieve=RetrieveMethod(self.retrieve),
+            timeout=self.timeout,
+        )

@@ -1,0 +1,322 @@
+"""The ``pacsflow`` command.
+
+Inputs are validated before Prefect is touched, so a bad config or manifest exits 2
+having changed nothing. Prefect is imported only after :func:`ensure_server` has set
+the environment it reads at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deployments.server import ensure_server
+from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load_site_config
+from pacsflow.errors import ConfigError, ManifestError
+from pacsflow.ledger import make_engine, migrate, session_factory
+from pacsflow.ledger import repository as repo
+from pacsflow.manifest import read_manifest
+
+app = typer.Typer(
+    help="Pull research imaging out of PACS: find, retrieve, de-identify, export.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+DONE = ("exported", "not_found", "failed")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site configuration file.")]
+
+
+def _fail_input(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def _load_inputs(
+    config: Path, project: Path, manifest: Path | None
+) -> tuple[SiteConfig, ProjectConfig, int]:
+    try:
+        site = load_site_config(config)
+        proj = load_project_config(project)
+        proj.check_against(site)
+        rows = len(read_manifest(manifest, proj.name)) if manifest else 0
+    except (ConfigError, ManifestError) as exc:
+        raise _fail_input(str(exc)) from None
+    return site, proj, rows
+
+
+def _quiet_prefect_console() -> None:
+    """Keep Prefect's console logs to warnings so the progress bar stays readable.
+
+    Only the console handler is quietened: every log still reaches the Prefect UI.
+    """
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ == "PrefectConsoleHandler":
+                handler.setLevel(logging.WARNING)
+
+
+def _connect(verbose: bool = False):
+    server = ensure_server()
+    if server.started_here:
+        console.print(f"Started a local Prefect server: UI at [link]{server.ui_url}[/]")
+    if not verbose:
+        import prefect.logging.configuration  # noqa: F401  (sets up the handlers)
+
+        _quiet_prefect_console()
+    return server
+
+
+@app.command()
+def configure(
+    config: Annotated[Path, typer.Argument(help="Site file, e.g. pacsflow.yaml")],
+) -> None:
+    """Save the site's sources, destinations and ledger as Prefect blocks (idempotent)."""
+    try:
+        site = load_site_config(config)
+    except ConfigError as exc:
+        raise _fail_input(str(exc)) from None
+    _connect()
+    from blocks.site import save_site
+
+    save_site(site)
+    migrate(make_engine(site.ledger))
+    console.print(
+        f"Saved {len(site.sources)} sources and {len(site.destinations)} "
+        "destinations as Prefect blocks; the ledger is ready."
+    )
+
+
+def _counts(site: SiteConfig, project: str) -> tuple[dict[str, int], dict[str, int]]:
+    engine = make_engine(site.ledger)
+    migrate(engine)
+    with session_factory(engine)() as session:
+        return repo.status_counts(session, project), repo.source_counts(session, project)
+
+
+def _summary(site: SiteConfig, project: ProjectConfig) -> dict[str, int]:
+    counts, by_source = _counts(site, project.name)
+    table = Table(title=f"Project {project.name}")
+    table.add_column("status")
+    table.add_column("studies", justify="right")
+    for status, n in counts.items():
+        table.add_row(status, str(n))
+    for source, n in sorted(by_source.items()):
+        table.add_row(f"  exported from {source}", str(n))
+    console.print(table)
+    return counts
+
+
+def run_extract(
+    site: SiteConfig,
+    project_file: Path,
+    project: ProjectConfig,
+    manifest: Path,
+    workers: int | None = None,
+) -> int:
+    """Run the flow in this process, show progress from the ledger, return the exit code."""
+    from blocks.site import save_site
+    from flows.extract import extract_project
+    from pacsflow.dicom.receiver import stop_process_receiver
+
+    save_site(site)
+    outcome: dict[str, object] = {}
+    flow = extract_project
+    if workers:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        flow = extract_project.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+
+    def target() -> None:
+        outcome["state"] = flow(
+            project=str(project_file.resolve()), manifest=str(manifest.resolve()), return_state=True
+        )
+
+    worker = threading.Thread(target=target, name="pacsflow-flow", daemon=True)
+    worker.start()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"extracting {project.name}", total=None, detail="")
+        while worker.is_alive():
+            worker.join(1.0)
+            counts, _ = _counts(site, project.name)
+            detail = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
+            progress.update(
+                bar,
+                total=sum(counts.values()) or None,
+                completed=sum(counts[s] for s in DONE),
+                detail=detail,
+            )
+    stop_process_receiver()
+    state = outcome.get("state")
+    counts = _summary(site, project)
+    if state is not None:
+        flow_run_id = state.state_details.flow_run_id
+        import os
+
+        ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+        console.print(f"Flow run: {ui}/runs/flow-run/{flow_run_id}  ({state.name})")
+    dest = site.destinations[project.destination].path
+    console.print(f"Exported studies are under {Path(dest).resolve() / project.name}")
+    if counts["failed"] or counts["pending"] or counts["retrieving"]:
+        console.print("Some studies did not finish; `pacsflow status` shows why.")
+        return 1
+    return 0
+
+
+@app.command()
+def extract(
+    project: Annotated[Path, typer.Option(help="Project file, e.g. projects/my-study.yaml")],
+    manifest: Annotated[Path, typer.Option(help="Manifest, .csv or .parquet")],
+    config: ConfigOption = Path("pacsflow.yaml"),
+    workers: Annotated[int, typer.Option(help="Studies processed at once by this run.")] = 4,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
+) -> None:
+    """Extract a project's manifest: exit 0 if all ended exported or not found, 1 if any
+    failed, 2 on invalid input."""
+    site, proj, rows = _load_inputs(config, project, manifest)
+    console.print(f"Manifest is valid: {rows} studies.")
+    _connect(verbose)
+    raise typer.Exit(run_extract(site, project, proj, manifest, workers))
+
+
+@app.command()
+def status(
+    project: Annotated[str, typer.Option(help="Project slug.")],
+    config: ConfigOption = Path("pacsflow.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts per status, and the reasons of failed studies (by ledger id, no identifiers)."""
+    try:
+        site = load_site_config(config)
+    except ConfigError as exc:
+        raise _fail_input(str(exc)) from None
+    counts, by_source = _counts(site, project)
+    engine = make_engine(site.ledger)
+    with session_factory(engine)() as session:
+        failures = repo.failures(session, project)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "project": project,
+                    "counts": counts,
+                    "exported_by_source": by_source,
+                    "failed": [{"id": i, "reason": r} for i, r in failures],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"Project {project}")
+    table.add_column("status")
+    table.add_column("studies", justify="right")
+    for name, n in counts.items():
+        table.add_row(name, str(n))
+    console.print(table)
+    for study_id, reason in failures:
+        console.print(f"  study {study_id}: {reason}", highlight=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@app.command()
+def sandbox(
+    folder: Annotated[Path, typer.Option(help="Where the sandbox keeps its files.")] = Path(
+        ".pacsflow/sandbox"
+    ),
+    primary_port: int = 11242,
+    secondary_port: int = 11243,
+    receiver_port: int = 11112,
+    studies: int = 12,
+) -> None:
+    """Start two local PACS with synthetic studies and write a config, project and manifest."""
+    from pacsflow.sandbox.scenario import build_sandbox
+
+    site = build_sandbox(
+        folder,
+        primary_port=primary_port,
+        secondary_port=secondary_port,
+        receiver_port=receiver_port,
+        n_studies=studies,
+    )
+    console.print(
+        f"Sandbox PACS running: PRIMARY on {primary_port}, SECONDARY on "
+        f"{secondary_port}. In another shell:\n  pacsflow extract --config "
+        f"{site.config_path} --project {site.project_path} --manifest "
+        f"{site.manifest_path}\nCtrl-C stops the sandbox."
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        site.stop()
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(help="Where the demo keeps its files.")] = Path(
+        ".pacsflow/demo"
+    ),
+    studies: int = 12,
+    fresh: Annotated[bool, typer.Option(help="Start again from an empty ledger.")] = True,
+) -> None:
+    """Sandbox PACS, local Prefect server and a full extraction, in one command."""
+    from pacsflow.sandbox.scenario import build_sandbox
+
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    site = build_sandbox(
+        folder,
+        primary_port=_free_port(),
+        secondary_port=_free_port(),
+        receiver_port=_free_port(),
+        n_studies=studies,
+    )
+    expected = site.expected
+    console.print(
+        f"Sandbox: {studies} studies requested: {expected['primary']} only in the primary, "
+        f"{expected['secondary']} only in the secondary, {expected['both']} in both, "
+        f"{expected['neither']} in neither."
+    )
+    try:
+        config = load_site_config(site.config_path)
+        project = load_project_config(site.project_path)
+        _connect()
+        started = time.monotonic()
+        code = run_extract(config, site.project_path, project, site.manifest_path)
+        console.print(f"Done in {time.monotonic() - started:.1f} s.")
+    finally:
+        site.stop()
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

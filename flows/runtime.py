@@ -1,0 +1,48 @@
+"""What a worker process builds once and reuses: the workspace and pseudonymizers.
+
+Nothing is built at import; the first task that needs it loads the blocks.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from blocks.secrets import project_key
+from blocks.site import load_site
+from pacsflow.config import ProjectConfig, load_project_config
+from pacsflow.deid.pseudonyms import Pseudonymizer
+from pacsflow.ledger import make_engine, migrate, session_factory
+from pacsflow.pipeline import Workspace
+
+_lock = threading.Lock()
+_workspaces: dict[str, Workspace] = {}
+_pseudonymizers: dict[str, Pseudonymizer] = {}
+
+
+def workspace(site_block: str) -> Workspace:
+    """The workspace for the site saved as ``site_block``; reused while it is unchanged."""
+    site = load_site(site_block)
+    key = site.model_dump_json()
+    with _lock:
+        if key not in _workspaces:
+            engine = make_engine(site.ledger)
+            migrate(engine)
+            _workspaces[key] = Workspace(site=site, sessions=session_factory(engine))
+        return _workspaces[key]
+
+
+def pseudonymizer(project: ProjectConfig) -> Pseudonymizer:
+    name = project.key_secret_name
+    with _lock:
+        if name not in _pseudonymizers:
+            _pseudonymizers[name] = Pseudonymizer.from_hex(project_key(name))
+        return _pseudonymizers[name]
+
+
+def resolve_project(project: str) -> ProjectConfig:
+    """A project file path, or a slug looked up as ``projects/<slug>.yaml``."""
+    path = Path(project)
+    if not path.suffix:
+        path = Path("projects") / f"{project}.yaml"
+    return load_project_config(path)

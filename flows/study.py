@@ -1,0 +1,114 @@
+"""Processing one study: tasks that wrap :mod:`pacsflow.pipeline`, and the retrieve subflow.
+
+Only ledger ids, source names and counts cross into Prefect. Tasks that talk to a
+source carry its ``source:<name>`` tag, so the source's tag concurrency limit bounds
+them globally. Retries happen here and only here, for :class:`RetriableError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from prefect import flow, task
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+
+from flows.limits import source_tag
+from flows.runtime import pseudonymizer, workspace
+from pacsflow import pipeline
+from pacsflow.config import ProjectConfig
+from pacsflow.errors import RetriableError
+
+#: Seconds between attempts against a source that is down or answered badly.
+RETRY_DELAYS = [10, 60, 180]
+
+
+def _retriable(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except RetriableError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    task_run_name="find-study-{study_id}-at-{source_name}",
+    retries=len(RETRY_DELAYS),
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=_retriable,
+)
+def find_study(site: str, study_id: int, source_name: str) -> bool:
+    """C-FIND one source; True when the study is there."""
+    return pipeline.locate(workspace(site), study_id, source_name)
+
+
+@task(
+    task_run_name="fetch-study-{study_id}-from-{source_name}",
+    retries=len(RETRY_DELAYS),
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=_retriable,
+)
+def fetch_study(site: str, study_id: int, source_name: str) -> int:
+    """C-MOVE or C-GET the located study into staging; returns instances received."""
+    return pipeline.fetch(workspace(site), study_id, source_name)
+
+
+@flow(flow_run_name="retrieve-study-{study_id}", log_prints=False)
+def retrieve_study(site: str, study_id: int, sources: list[str]) -> str | None:
+    """Try the sources in order; the first that holds the study is retrieved from.
+
+    Only a clean "not there" moves on to the next source: a source that stays down
+    after its retries fails the study, which is then retried on a later run.
+    """
+    logger = get_run_logger()
+    for name in sources:
+        tagged = [source_tag(name)]
+        if find_study.with_options(tags=tagged)(site, study_id, name):
+            count = fetch_study.with_options(tags=tagged)(site, study_id, name)
+            logger.info("study %s: %s instances retrieved from %s", study_id, count, name)
+            return name
+        logger.info("study %s: not at %s", study_id, name)
+    return None
+
+
+@task(
+    task_run_name="deidentify-export-{study_id}",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=_retriable,
+)
+def deidentify_and_export(site: str, study_id: int, project: ProjectConfig) -> int:
+    """De-identify the staged study with the project's key and export it."""
+    return pipeline.deidentify_and_export(
+        workspace(site), study_id, project, pseudonymizer(project)
+    )
+
+
+def study_cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """Hash of (project, study): the ledger ref is random, so no identifier is hashed."""
+    text = f"{parameters['project'].name}|{parameters['study_ref']}"
+    return "pacsflow-study-" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@task(task_run_name="study-{study_id}", cache_key_fn=study_cache_key, persist_result=True)
+def process_study(site: str, project: ProjectConfig, study_id: int, study_ref: str) -> str:
+    """Find, retrieve, de-identify and export one study; returns its final status.
+
+    A failure is recorded in the ledger with its reason and re-raised, so the task
+    fails alone and is not cached; the other studies go on.
+    """
+    ws = workspace(site)
+    if not pipeline.begin(ws, study_id):
+        return "exported"
+    try:
+        source = retrieve_study(site, study_id, project.sources)
+        if source is None:
+            pipeline.record_not_found(ws, study_id)
+            return "not_found"
+        deidentify_and_export(site, study_id, project)
+        return "exported"
+    except BaseException as exc:
+        pipeline.record_failure(ws, study_id, f"{type(exc).__name__}: {exc}")
+        raise
