@@ -318,5 +318,38 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command()
+def receiver(config: ConfigOption = Path("pacsflow.yaml")) -> None:
+    """Run the C-MOVE receiver in the foreground, shared by every flow run on this host."""
+    from pacsflow.dicom.receiver import Receiver
+
+    try:
+        site = load_site_config(config)
+        running = Receiver(site.receiver, site.staging)
+        console.print(
+            f"Receiver {site.receiver.ae_title} on {site.receiver.host}:"
+            f"{site.receiver.port}, writing to {Path(site.staging).resolve()}"
+        )
+        running.serve_forever()
+    except ConfigError as exc:
+        raise _fail_input(str(exc)) from None
+    except KeyboardInterrupt:
+        running.stop()
+
+
+@app.command()
+def serve(
+    project: Annotated[str | None, typer.Option(help="Project for a scheduled pull.")] = None,
+    manifest: Annotated[str | None, typer.Option(help="Manifest for a scheduled pull.")] = None,
+    cron: Annotated[str | None, typer.Option(help='Schedule, e.g. "0 2 * * *".')] = None,
+) -> None:
+    """Serve the extract-project deployment: trigger runs from the Prefect UI."""
+    server = _connect(verbose=True)
+    console.print(f"Serving extract-project; trigger runs at {server.ui_url}/deployments")
+    from deployments.serve import serve_deployments
+
+    serve_deployments(project, manifest, cron)
+
+
 if __name__ == "__main__":
     app()

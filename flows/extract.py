@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
@@ -33,9 +35,15 @@ def ingest_manifest(site: str, project_name: str, manifest: str) -> dict[str, in
     return {"rows": len(rows), "added": result.added, "already_known": result.already_known}
 
 
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"extract-{Path(flow_run.parameters['project']).stem}"
+
+
 @flow(
     name="extract-project",
-    flow_run_name="extract-{project}",
+    flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS),
 )
 def extract_project(project: str, manifest: str, site: str = "default") -> dict[str, int]:

@@ -46,10 +46,11 @@ class SourceConfig(_Frozen):
     )
     timeout: float = Field(default=60.0, gt=0, description="Network timeout in seconds.")
 
-    @field_validator("ae_title")
+    @field_validator("ae_title", mode="before")
     @classmethod
-    def _strip_ae(cls, value: str) -> str:
-        return value.strip()
+    def _strip_ae(cls, value: object) -> object:
+        # Before the pattern check, so "   " is refused rather than becoming "".
+        return value.strip() if isinstance(value, str) else value
 
 
 class FilesystemDestinationConfig(_Frozen):

@@ -24,20 +24,43 @@ from pacsflow.errors import ConfigError
 LOGGER = logging.getLogger(__name__)
 
 
+def _answers_echo(config: ReceiverConfig) -> bool:
+    """True when a DICOM SCP at the receiver's address answers C-ECHO as our AE title."""
+    ae = make_ae(config.ae_title, timeout=5)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        config.host, config.port, ae_title=config.ae_title, evt_handlers=NODELAY_HANDLERS
+    )
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and status.get("Status") == 0x0000
+    finally:
+        assoc.release()
+
+
 class Receiver:
-    """A running storage SCP writing into ``staging`` (see :mod:`pacsflow.dicom.storage`)."""
+    """A running storage SCP writing into ``staging`` (see :mod:`pacsflow.dicom.storage`).
+
+    When the port is already served by another pacsflow process of the same site (a
+    standing ``pacsflow receiver``, or a concurrent flow run), that receiver is used:
+    a C-MOVE's final response comes only after every instance was stored, so the
+    files are in the shared staging folder when :func:`move_study` returns.
+    """
 
     def __init__(self, config: ReceiverConfig, staging: Path) -> None:
         self.config = config
         self.staging = Path(staging)
         self._server = None
+        self.shared = False
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._server is not None or self.shared
 
     def start(self) -> Receiver:
-        if self._server is not None:
+        if self.running:
             return self
         ae = make_ae(self.config.ae_title)
         ae.add_supported_context(Verification)
@@ -53,6 +76,10 @@ class Receiver:
                 (self.config.host, self.config.port), block=False, evt_handlers=handlers
             )
         except OSError as exc:
+            if _answers_echo(self.config):
+                LOGGER.info("using the receiver already listening on port %s", self.config.port)
+                self.shared = True
+                return self
             raise ConfigError(
                 f"cannot start the receiver on {self.config.host}:{self.config.port}: {exc}. "
                 "Another program (or another pacsflow worker) uses that port; stop it or set "
@@ -66,7 +93,15 @@ class Receiver:
         )
         return self
 
+    def serve_forever(self) -> None:
+        """Run in the foreground (``pacsflow receiver``) until interrupted."""
+        self.start()
+        if self._server is None:
+            raise ConfigError(f"port {self.config.port} is already served by another receiver")
+        threading.Event().wait()
+
     def stop(self) -> None:
+        self.shared = False
         if self._server is not None:
             self._server.shutdown()
             self._server = None

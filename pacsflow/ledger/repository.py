@@ -71,6 +71,12 @@ def ingest_manifest(session: Session, project: str, rows: Iterable[ManifestRow])
                 attempts=0,
             )
         )
+        # A later row may name the same study by its other key (UID vs MRN+accession):
+        # without this it would break a unique constraint and fail the whole ingest.
+        if row.study_uid:
+            known.add(("uid", row.study_uid))
+        if row.mrn and row.accession_number:
+            known.add(("acc", row.mrn, row.accession_number))
         added += 1
     session.commit()
     return IngestResult(added=added, already_known=len(rows) - added)
@@ -145,3 +151,13 @@ def mark_exported(session: Session, study_id: int, exported_instances: int) -> N
 
 def mark_failed(session: Session, study_id: int, reason: str) -> None:
     update_study(session, study_id, status=StudyStatus.FAILED, last_error=reason[:2000])
+
+
+def failures(session: Session, project: str) -> list[tuple[int, str]]:
+    """(ledger id, reason) of failed studies. Reasons are written without identifiers."""
+    query = (
+        select(Study.id, Study.last_error)
+        .where(Study.project == project, Study.status == StudyStatus.FAILED)
+        .order_by(Study.id)
+    )
+    return [(row.id, row.last_error or "") for row in session.execute(query)]

@@ -1,0 +1,33 @@
+# The two commands of the README's quick start:
+#   make demo   - the whole job on the sandbox PACS, SQLite and a local Prefect server
+#   make test   - every test, starting the real servers they need
+# .ci/run calls `make test`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test lint bench system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/pacsflow demo
+
+system-deps:
+	bash scripts/system-deps.sh
+
+test: $(BIN)/.installed system-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.deidentify
+
+clean:
+	rm -rf $(VENV) .pacsflow
