@@ -1,0 +1,246 @@
+"""End to end: extract_project against two real Orthanc PACS and a real Prefect server.
+
+Studies only in the primary, only in the secondary, in both (the primary must win) and
+in neither. Checks what a project lead and a data-protection officer would check: the
+exported files and their tags, the ledger, that a second run does nothing, and that no
+identifier reached Prefect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+
+from pacsflow.config import SiteConfig
+from pacsflow.ledger import make_engine, session_factory
+from pacsflow.ledger.models import Study
+from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+PROJECT = "lung-ct"
+TEXT_VRS = {
+    "AE",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "IS",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UT",
+}
+
+
+@pytest.fixture
+def scenario(orthanc_factory, tmp_path):
+    """Two seeded Orthancs, a site config, a project file and a manifest."""
+    receiver_port = free_port()
+    known = {"pacsflow": ("PACSFLOW", "127.0.0.1", receiver_port)}
+    primary = orthanc_factory("PRIMARY", known)
+    secondary = orthanc_factory("SECONDARY", known)
+
+    patients = make_patients(5, seed=7)
+    placement = ["primary", "primary", "secondary", "both", "neither"]
+    rows, studies = [], {}
+    for number, (patient, place) in enumerate(zip(patients, placement, strict=True)):
+        accession = f"ACC{number:05d}"
+        datasets = make_study(
+            mrn=patient.mrn,
+            accession=accession,
+            study_date=dt.date(2021, 3, number + 1),
+            patient_name=patient.name,
+            birth_date=patient.birth_date,
+            sex=patient.sex,
+            modality="CT",
+            n_series=2,
+            n_instances=2,
+            seed=7,
+        )
+        files = write_study(datasets, tmp_path / "seed" / accession)
+        if place in ("primary", "both"):
+            assert primary.upload(files) == len(files)
+        if place in ("secondary", "both"):
+            assert secondary.upload(files) == len(files)
+        rows.append(
+            {
+                "mrn": patient.mrn,
+                "accession_number": accession,
+                "study_date": f"2021-03-{number + 1:02d}",
+            }
+        )
+        studies[accession] = {"patient": patient, "place": place, "datasets": datasets}
+
+    site = SiteConfig.model_validate(
+        {
+            "ledger": f"sqlite:///{tmp_path / 'ledger.db'}",
+            "receiver": {"ae_title": "PACSFLOW", "port": receiver_port},
+            "staging": str(tmp_path / "staging"),
+            "sources": {
+                "primary": {
+                    "ae_title": "PRIMARY",
+                    "host": "127.0.0.1",
+                    "port": primary.dicom_port,
+                    "max_concurrent": 3,
+                    "retrieve": "move",
+                    "timeout": 20,
+                },
+                "secondary": {
+                    "ae_title": "SECONDARY",
+                    "host": "127.0.0.1",
+                    "port": secondary.dicom_port,
+                    "max_concurrent": 1,
+                    "retrieve": "get",
+                    "timeout": 20,
+                },
+            },
+            "destinations": {"out": {"type": "filesystem", "path": str(tmp_path / "export")}},
+        }
+    )
+    project_file = tmp_path / "projects" / f"{PROJECT}.yaml"
+    project_file.parent.mkdir()
+    project_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": PROJECT,
+                "sources": ["primary", "secondary"],
+                "destination": "out",
+                "key_secret": f"{PROJECT}-key-{tmp_path.name[-12:].lower().replace('_', '-')}",
+            }
+        )
+    )
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    yield {
+        "site": site,
+        "project_file": project_file,
+        "manifest": manifest,
+        "studies": studies,
+        "tmp": tmp_path,
+    }
+    from pacsflow.dicom.receiver import stop_process_receiver
+
+    stop_process_receiver()
+
+
+def _identifiers(studies: dict) -> list[str]:
+    values = []
+    for accession, info in studies.items():
+        patient = info["patient"]
+        values += [
+            accession,
+            patient.mrn,
+            *patient.name.split("^"),
+            patient.birth_date.strftime("%Y%m%d"),
+        ]
+        values += [str(ds.StudyInstanceUID) for ds in info["datasets"][:1]]
+        values += [str(ds.SOPInstanceUID) for ds in info["datasets"]]
+    return values
+
+
+def _task_runs(client, flow_run_id=None, name_like="study-"):
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])) if flow_run_id else None
+    runs = client.read_task_runs(
+        flow_run_filter=flow_filter,
+        task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name_like)),
+        limit=200,
+    )
+    return [r for r in runs if re.fullmatch(r"study-\d+", r.name)]
+
+
+def test_extract_project_from_two_orthancs(scenario, prefect_api):
+    from prefect.client.orchestration import get_client
+
+    from blocks.site import save_site
+    from flows.extract import extract_project
+
+    site = scenario["site"]
+    save_site(site)
+    state = extract_project(
+        project=str(scenario["project_file"]), manifest=str(scenario["manifest"]), return_state=True
+    )
+    assert state.is_completed(), state.message
+    counts = state.result()
+    assert counts["exported"] == 4 and counts["not_found"] == 1 and counts["failed"] == 0
+
+    # The ledger: which source each study came from (the primary wins when both have it).
+    engine = make_engine(site.ledger)
+    with session_factory(engine)() as session:
+        ledger = {s.accession_number: s for s in session.query(Study).filter_by(project=PROJECT)}
+    for accession, info in scenario["studies"].items():
+        row = ledger[accession]
+        if info["place"] == "neither":
+            assert row.status == "not_found" and row.source is None
+            continue
+        assert row.status == "exported", row.last_error
+        assert row.source == ("secondary" if info["place"] == "secondary" else "primary")
+        assert row.expected_instances == row.received_instances == row.exported_instances == 4
+        assert row.pseudo_patient_id and row.pseudo_study_uid.startswith("2.25.")
+
+    # The exported files: complete, de-identified, where the layout says.
+    root = Path(site.destinations["out"].path) / PROJECT
+    identifiers = _identifiers(scenario["studies"])
+    exported = sorted(root.glob("*/*/*.dcm"))
+    assert len(exported) == 16
+    assert not list(root.glob(".partial/*"))
+    for path in exported:
+        ds = pydicom.dcmread(path)
+        study_row = next(r for r in ledger.values() if r.pseudo_study_uid == ds.StudyInstanceUID)
+        assert path.parent.name == study_row.pseudo_study_uid
+        assert path.parent.parent.name == study_row.pseudo_patient_id == ds.PatientID
+        assert str(ds.PatientName) == study_row.pseudo_patient_id
+        assert ds.PatientIdentityRemoved == "YES"
+        assert not any(elem.tag.is_private for elem in ds.iterall())
+        raw = path.read_bytes()  # long identifiers cannot appear in pixel data by chance
+        leaked = [v for v in identifiers if len(v) >= 6 and v.encode() in raw]
+        assert not leaked, f"{path.name} still holds identifiers"
+        texts = [str(e.value) for e in ds.iterall() if e.VR in TEXT_VRS and e.value]
+        words = {w.upper() for t in texts for w in re.split(r"[^A-Za-z0-9.]+", t)}
+        assert not words & {v.upper() for v in identifiers}, f"{path.name} holds a name part"
+
+    # Prefect: per-source tag limits exist and no identifier reached the database.
+    with get_client(sync_client=True) as client:
+        limit = client.read_concurrency_limit_by_tag("source:primary")
+        assert limit.concurrency_limit == 3
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        runs = _task_runs(client, flow_run.id)
+        assert len(runs) == 5
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        subflows = client.read_flow_runs()
+        stored = json.dumps(flow_run.parameters) + " ".join(r.name for r in runs)
+        stored += " ".join(log.message for log in logs) + " ".join(f.name for f in subflows)
+        assert not [v for v in identifiers if v in stored]
+        assert sum(1 for f in subflows if f.name.startswith("retrieve-study-")) >= 5
+
+    # A second run: the ledger filters everything out before any study task is made.
+    second = extract_project(
+        project=str(scenario["project_file"]), manifest=str(scenario["manifest"]), return_state=True
+    )
+    assert second.is_completed()
+    assert second.result() == counts
+    assert sorted(root.glob("*/*/*.dcm")) == exported
+    with get_client(sync_client=True) as client:
+        assert _task_runs(client, second.state_details.flow_run_id) == []
