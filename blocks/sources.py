@@ -29,6 +29,10 @@ class DicomSource(Block):
         default="move", description="C-MOVE into pacsflow's receiver, or C-GET."
     )
     timeout: float = Field(default=60.0, description="Network timeout in seconds.")
+    retry_delays: list[float] = Field(
+        default=[10.0, 60.0, 180.0],
+        description="Seconds before each retry when the source is down or answers badly.",
+    )
 
     @classmethod
     def from_config(cls, config: SourceConfig) -> DicomSource:
@@ -42,4 +46,5 @@ class DicomSource(Block):
             max_concurrent=self.max_concurrent,
             retrieve=RetrieveMethod(self.retrieve),
             timeout=self.timeout,
+            retry_delays=self.retry_delays,
         )

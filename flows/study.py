@@ -19,9 +19,6 @@ from pacsflow import pipeline
 from pacsflow.config import ProjectConfig
 from pacsflow.errors import RetriableError
 
-#: Seconds between attempts against a source that is down or answered badly.
-RETRY_DELAYS = [10, 60, 180]
-
 
 def _retriable(task, task_run, state) -> bool:
     try:
@@ -33,23 +30,13 @@ def _retriable(task, task_run, state) -> bool:
     return False
 
 
-@task(
-    task_run_name="find-study-{study_id}-at-{source_name}",
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=_retriable,
-)
+@task(task_run_name="find-study-{study_id}-at-{source_name}", retry_condition_fn=_retriable)
 def find_study(site: str, study_id: int, source_name: str) -> bool:
     """C-FIND one source; True when the study is there."""
     return pipeline.locate(workspace(site), study_id, source_name)
 
 
-@task(
-    task_run_name="fetch-study-{study_id}-from-{source_name}",
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=_retriable,
-)
+@task(task_run_name="fetch-study-{study_id}-from-{source_name}", retry_condition_fn=_retriable)
 def fetch_study(site: str, study_id: int, source_name: str) -> int:
     """C-MOVE or C-GET the located study into staging; returns instances received."""
     return pipeline.fetch(workspace(site), study_id, source_name)
@@ -63,10 +50,16 @@ def retrieve_study(site: str, study_id: int, sources: list[str]) -> str | None:
     after its retries fails the study, which is then retried on a later run.
     """
     logger = get_run_logger()
+    config = workspace(site).site
     for name in sources:
-        tagged = [source_tag(name)]
-        if find_study.with_options(tags=tagged)(site, study_id, name):
-            count = fetch_study.with_options(tags=tagged)(site, study_id, name)
+        delays = config.sources[name].retry_delays
+        options = {
+            "tags": [source_tag(name)],
+            "retries": len(delays),
+            "retry_delay_seconds": delays or 0,
+        }
+        if find_study.with_options(**options)(site, study_id, name):
+            count = fetch_study.with_options(**options)(site, study_id, name)
             logger.info("study %s: %s instances retrieved from %s", study_id, count, name)
             return name
         logger.info("study %s: not at %s", study_id, name)
