@@ -45,6 +45,18 @@ class SourceConfig(_Frozen):
         default=RetrieveMethod.MOVE, description="C-MOVE into our receiver, or C-GET."
     )
     timeout: float = Field(default=60.0, gt=0, description="Network timeout in seconds.")
+    retry_delays: list[float] = Field(
+        default=[10.0, 60.0, 180.0],
+        description="Seconds to wait before each retry when the source is down or fails; "
+        "[] never retries within a run.",
+    )
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must be zero or more seconds")
+        return value
 
     @field_validator("ae_title", mode="before")
     @classmethod

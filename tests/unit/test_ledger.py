@@ -1,0 +1,289 @@
+"""The ledger on SQLite: migrations, idempotent ingest, and what a run picks up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Column, Engine, MetaData, String, inspect, select
+from sqlalchemy.orm import Session
+
+from pacsflow.ledger import Study, StudyStatus, make_engine, migrate, session_factory
+from pacsflow.ledger import repository as repo
+from pacsflow.ledger.models import Base
+from pacsflow.manifest import ManifestRow
+
+PROJECT = "my-study"
+DATE = dt.date(2024, 3, 1)
+
+
+def row(n: int, *, uid: str | None = None, mrn: str | None = None, acc: str | None = None):
+    return ManifestRow(
+        row=n,
+        study_date=DATE,
+        mrn=mrn if mrn is not None else (None if uid else f"MRN{n:04d}"),
+        accession_number=acc if acc is not None else (None if uid else f"ACC{n:04d}"),
+        study_uid=uid,
+    )
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'ledger.db'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with session_factory(engine)() as session:
+        yield session
+
+
+def all_studies(session: Session, project: str = PROJECT) -> list[Study]:
+    session.expire_all()
+    return list(session.scalars(select(Study).where(Study.project == project).order_by(Study.id)))
+
+
+# -- schema ----------------------------------------------------------------------------
+
+
+def test_migrate_creates_folder_and_is_safe_twice(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'new' / 'dir' / 'ledger.db'}")
+    try:
+        migrate(engine)
+        migrate(engine)
+        assert (tmp_path / "new" / "dir" / "ledger.db").is_file()
+        tables = set(inspect(engine).get_table_names())
+        assert tables == {"studies", "alembic_version"}
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == "0001"
+    finally:
+        engine.dispose()
+
+
+def _schema_diffs(engine: Engine, metadata: MetaData) -> list:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return compare_metadata(context, metadata)
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    """A model change without a migration fails here."""
+    assert _schema_diffs(engine, Base.metadata) == []
+
+
+def test_schema_check_notices_a_model_change(engine: Engine) -> None:
+    # The check above is only worth having if it sees a difference.
+    changed = MetaData()
+    table = Base.metadata.tables["studies"].to_metadata(changed)
+    table.append_column(Column("series_uid", String(64)))
+    diffs = _schema_diffs(engine, changed)
+    assert [(d[0], d[3].name) for d in diffs] == [("add_column", "series_uid")]
+
+
+# -- ingest ----------------------------------------------------------------------------
+
+
+def test_ingest_adds_pending_rows_with_manifest_values(session: Session) -> None:
+    rows = [
+        ManifestRow(
+            row=1,
+            study_date=DATE,
+            mrn="0001234",
+            accession_number="ACC1",
+            participant_id="P1",
+            procedure_id="101",
+        ),
+        row(2, uid="1.2.3.4"),
+    ]
+    result = repo.ingest_manifest(session, PROJECT, rows)
+    assert (result.added, result.already_known) == (2, 0)
+    first, second = all_studies(session)
+    assert (first.mrn, first.accession_number, first.study_date) == ("0001234", "ACC1", DATE)
+    assert (first.participant_id, first.procedure_id) == ("P1", "101")
+    assert second.study_uid == "1.2.3.4"
+    assert second.mrn is None
+    for study in (first, second):
+        assert study.status == StudyStatus.PENDING
+        assert study.attempts == 0
+        assert len(study.ref) == 32
+    assert first.ref != second.ref
+
+
+def test_reingest_adds_nothing_and_changes_nothing(session: Session) -> None:
+    rows = [row(1), row(2), row(3, uid="1.2.3.3")]
+    repo.ingest_manifest(session, PROJECT, rows)
+    first, second, _third = all_studies(session)
+    repo.start_attempt(session, first.id)
+    repo.mark_exported(session, first.id, exported_instances=7)
+    repo.start_attempt(session, second.id)
+    repo.start_attempt(session, second.id)
+    repo.mark_failed(session, second.id, "source down")
+    before = [(s.id, s.ref, s.status, s.attempts, s.last_error) for s in all_studies(session)]
+
+    result = repo.ingest_manifest(session, PROJECT, rows)
+
+    assert (result.added, result.already_known) == (0, 3)
+    after = [(s.id, s.ref, s.status, s.attempts, s.last_error) for s in all_studies(session)]
+    assert after == before
+    assert after[0][2:4] == (StudyStatus.EXPORTED, 1)
+    assert after[1][2:] == (StudyStatus.FAILED, 2, "source down")
+
+
+def test_reingest_by_uid_of_a_study_first_given_by_accession(session: Session) -> None:
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    again = ManifestRow(
+        row=1, study_date=DATE, mrn="MRN0001", accession_number="ACC0001", study_uid="1.2.9"
+    )
+    result = repo.ingest_manifest(session, PROJECT, [again])
+    assert (result.added, result.already_known) == (0, 1)
+    assert len(all_studies(session)) == 1
+
+
+def test_top_up_manifest_adds_only_new_rows(session: Session) -> None:
+    repo.ingest_manifest(session, PROJECT, [row(1), row(2)])
+    original = {s.ref for s in all_studies(session)}
+    result = repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3), row(4)])
+    assert (result.added, result.already_known) == (2, 2)
+    studies = all_studies(session)
+    assert [s.accession_number for s in studies] == ["ACC0001", "ACC0002", "ACC0003", "ACC0004"]
+    assert {s.ref for s in studies[:2]} == original
+
+
+def test_same_study_in_two_projects_is_two_rows(session: Session) -> None:
+    rows = [row(1), row(2, uid="1.2.3.2")]
+    repo.ingest_manifest(session, "project-a", rows)
+    result = repo.ingest_manifest(session, "project-b", rows)
+    assert result.added == 2
+    assert len(all_studies(session, "project-a")) == 2
+    assert len(all_studies(session, "project-b")) == 2
+    a_ids = {s.id for s in all_studies(session, "project-a")}
+    assert a_ids.isdisjoint({s.id for s in all_studies(session, "project-b")})
+
+
+def test_ingest_many_rows_in_chunks(session: Session) -> None:
+    # More rows than one IN (...) chunk, by accession and by UID.
+    rows = [row(n) for n in range(1, 601)] + [row(n, uid=f"1.2.{n}") for n in range(601, 1201)]
+    assert repo.ingest_manifest(session, PROJECT, rows).added == 1200
+    result = repo.ingest_manifest(session, PROJECT, rows)
+    assert (result.added, result.already_known) == (0, 1200)
+
+
+# -- what a run sees -------------------------------------------------------------------
+
+
+def _one_per_status(session: Session) -> dict[StudyStatus, int]:
+    repo.ingest_manifest(session, PROJECT, [row(n) for n in range(1, 6)])
+    ids = {}
+    for study, status in zip(all_studies(session), StudyStatus, strict=True):
+        repo.update_study(session, study.id, status=status)
+        ids[status] = study.id
+    return ids
+
+
+def test_studies_to_process_skips_finished_studies(session: Session) -> None:
+    ids = _one_per_status(session)
+    repo.ingest_manifest(session, "other-project", [row(9)])
+    todo = repo.studies_to_process(session, PROJECT)
+    assert [study_id for study_id, _ref in todo] == sorted(
+        [ids[StudyStatus.PENDING], ids[StudyStatus.RETRIEVING], ids[StudyStatus.FAILED]]
+    )
+    refs = {s.id: s.ref for s in all_studies(session)}
+    assert all(ref == refs[study_id] for study_id, ref in todo)
+
+
+def test_status_counts_include_zeros(session: Session) -> None:
+    assert repo.status_counts(session, PROJECT) == {
+        "pending": 0,
+        "retrieving": 0,
+        "exported": 0,
+        "not_found": 0,
+        "failed": 0,
+    }
+    repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
+    first = all_studies(session)[0]
+    repo.mark_exported(session, first.id, 3)
+    assert repo.status_counts(session, PROJECT) == {
+        "pending": 2,
+        "retrieving": 0,
+        "exported": 1,
+        "not_found": 0,
+        "failed": 0,
+    }
+
+
+def test_failures_list_reasons(session: Session) -> None:
+    repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
+    first, second, third = all_studies(session)
+    repo.mark_failed(session, first.id, "received 3 of 5 instances from primary")
+    repo.mark_failed(session, third.id, "x" * 5000)
+    repo.mark_exported(session, second.id, 2)
+    assert repo.failures(session, PROJECT) == [
+        (first.id, "received 3 of 5 instances from primary"),
+        (third.id, "x" * 2000),  # reasons are capped
+    ]
+    assert repo.failures(session, "other-project") == []
+
+
+def test_start_attempt_counts_and_clears_last_error(session: Session) -> None:
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    [study] = all_studies(session)
+    repo.mark_failed(session, study.id, "timeout")
+    repo.start_attempt(session, study.id)
+    [study] = all_studies(session)
+    assert (study.status, study.attempts, study.last_error) == (StudyStatus.RETRIEVING, 1, None)
+
+
+def test_mark_exported_records_time_and_count(session: Session) -> None:
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    [study] = all_studies(session)
+    repo.mark_exported(session, study.id, 12)
+    [study] = all_studies(session)
+    assert study.status == StudyStatus.EXPORTED
+    assert study.exported_instances == 12
+    assert study.exported_at is not None
+
+
+def test_source_counts_per_source(session: Session) -> None:
+    repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
+    a, b, c = all_studies(session)
+    for study, source in ((a, "primary"), (b, "secondary"), (c, "primary")):
+        repo.update_study(session, study.id, source=source)
+        repo.mark_exported(session, study.id, 1)
+    assert repo.source_counts(session, PROJECT) == {"primary": 2, "secondary": 1}
+
+
+def test_unknown_study_and_column_are_errors(session: Session) -> None:
+    with pytest.raises(LookupError, match="no study with ledger id 999"):
+        repo.get_study(session, 999)
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    [study] = all_studies(session)
+    with pytest.raises(AttributeError, match="Study has no column 'colour'"):
+        repo.update_study(session, study.id, colour="red")
+
+
+def test_repr_carries_no_identifiers(session: Session) -> None:
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    [study] = all_studies(session)
+    assert "MRN0001" not in repr(study)
+    assert "ACC0001" not in repr(study)
+
+
+def test_one_manifest_naming_a_study_by_uid_and_by_accession(session: Session) -> None:
+    # The manifest sees two rows (their keys differ); the ledger must not crash on its
+    # unique constraint (whose message would carry the MRN) but keep one study.
+    by_uid = ManifestRow(
+        row=1, study_date=DATE, mrn="MRN0001", accession_number="ACC0001", study_uid="1.2.9"
+    )
+    result = repo.ingest_manifest(session, PROJECT, [by_uid, row(2, mrn="MRN0001", acc="ACC0001")])
+    assert (result.added, result.already_known) == (1, 1)
+    [study] = all_studies(session)
+    assert study.study_uid == "1.2.9"

@@ -1,0 +1,365 @@
+"""The per-study steps against two real (in-process) PACS: primary by C-MOVE, secondary by C-GET.
+
+No Prefect here: these are the plain functions the tasks wrap, run on a SQLite ledger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from sqlalchemy import Engine
+
+from pacsflow.config import (
+    FilesystemDestinationConfig,
+    ProjectConfig,
+    ReceiverConfig,
+    RetrieveMethod,
+    SiteConfig,
+    SourceConfig,
+)
+from pacsflow.deid.pseudonyms import Pseudonymizer
+from pacsflow.dicom import storage
+from pacsflow.dicom.query import StudyQuery, find_study
+from pacsflow.dicom.receiver import stop_process_receiver
+from pacsflow.errors import PermanentError, SourceUnavailable
+from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
+from pacsflow.ledger import repository as repo
+from pacsflow.manifest import ManifestRow
+from pacsflow.pipeline import (
+    Workspace,
+    begin,
+    deidentify_and_export,
+    fetch,
+    locate,
+    record_not_found,
+)
+from pacsflow.sandbox import FakePatient, SandboxPacs, make_patients, make_study
+
+PROJECT = ProjectConfig(name="my-study", sources=["primary", "secondary"], destination="local")
+PSEUDONYMIZER = Pseudonymizer(bytes(range(32)))
+DATE = dt.date(2024, 3, 5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def study_of(patient: FakePatient, accession: str, modality: str, **kwargs: int) -> list[Dataset]:
+    return make_study(
+        mrn=patient.mrn,
+        accession=accession,
+        study_date=DATE,
+        patient_name=patient.name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        modality=modality,
+        **kwargs,
+    )
+
+
+PATIENTS = make_patients(3, seed=21)
+#: In the primary only: 2 series x 2 instances.
+IN_PRIMARY = study_of(PATIENTS[0], "ACC2001", "CT", n_series=2, n_instances=2)
+#: In the secondary only: 1 series x 3 instances.
+IN_SECONDARY = study_of(PATIENTS[1], "ACC2002", "MR", n_series=1, n_instances=3)
+#: Two different studies of one patient under one accession number, both in the primary.
+TWINS = [
+    study_of(PATIENTS[2], "ACC2003", "CT", n_series=1, n_instances=1, seed=seed) for seed in (1, 2)
+]
+
+
+@pytest.fixture(scope="module")
+def receiver_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def primary(tmp_path_factory: pytest.TempPathFactory, receiver_port: int) -> Iterator[SandboxPacs]:
+    server = SandboxPacs(
+        "PRIMARY",
+        0,
+        tmp_path_factory.mktemp("primary"),
+        destinations={"PACSFLOW": ("127.0.0.1", receiver_port)},
+        timeout=5,
+    )
+    server.add_datasets(IN_PRIMARY)
+    for twin in TWINS:
+        server.add_datasets(twin)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def secondary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxPacs]:
+    server = SandboxPacs("SECONDARY", 0, tmp_path_factory.mktemp("secondary"), timeout=5)
+    server.add_datasets(IN_SECONDARY)
+    with server:
+        yield server
+
+
+def source_for(pacs: SandboxPacs, retrieve: RetrieveMethod, timeout: float = 5) -> SourceConfig:
+    host, port = pacs.address
+    return SourceConfig(
+        ae_title=pacs.ae_title, host=host, port=port, retrieve=retrieve, timeout=timeout
+    )
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path, primary: SandboxPacs, secondary: SandboxPacs, receiver_port: int
+) -> Iterator[SiteConfig]:
+    yield SiteConfig(
+        ledger=f"sqlite:///{tmp_path / 'ledger.db'}",
+        receiver=ReceiverConfig(ae_title="PACSFLOW", host="127.0.0.1", port=receiver_port),
+        staging=tmp_path / "staging",
+        sources={
+            "primary": source_for(primary, RetrieveMethod.MOVE),
+            "secondary": source_for(secondary, RetrieveMethod.GET),
+        },
+        destinations={"local": FilesystemDestinationConfig(path=tmp_path / "export")},
+    )
+    stop_process_receiver()
+
+
+@pytest.fixture
+def engine(site: SiteConfig) -> Iterator[Engine]:
+    engine = make_engine(site.ledger)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def ws(site: SiteConfig, engine: Engine) -> Workspace:
+    return Workspace(site=site, sessions=session_factory(engine))
+
+
+def add_study(ws: Workspace, study: list[Dataset], *, by_uid: bool = False) -> int:
+    first = study[0]
+    row = ManifestRow(
+        row=1,
+        study_date=DATE,
+        mrn=None if by_uid else str(first.PatientID),
+        accession_number=None if by_uid else str(first.AccessionNumber),
+        study_uid=str(first.StudyInstanceUID) if by_uid else None,
+    )
+    with ws.sessions() as session:
+        assert repo.ingest_manifest(session, PROJECT.name, [row]).added == 1
+        return max(study_id for study_id, _ref in repo.studies_to_process(session, PROJECT.name))
+
+
+def ledger_row(ws: Workspace, study_id: int):
+    with ws.sessions() as session:
+        return repo.get_study(session, study_id)
+
+
+# -- locate and fetch --------------------------------------------------------------------
+
+
+def test_study_in_primary_is_located_and_moved(ws: Workspace) -> None:
+    study_id = add_study(ws, IN_PRIMARY)
+    assert begin(ws, study_id) is True
+
+    assert locate(ws, study_id, "primary") is True
+    study = ledger_row(ws, study_id)
+    assert study.source == "primary"
+    assert study.found_study_uid == IN_PRIMARY[0].StudyInstanceUID
+    assert study.expected_instances == 4
+
+    assert fetch(ws, study_id, "primary") == 4
+    folder = storage.study_dir(ws.staging, IN_PRIMARY[0].StudyInstanceUID)
+    received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in folder.glob("*.dcm")}
+    assert received == {str(ds.SOPInstanceUID) for ds in IN_PRIMARY}
+    assert ledger_row(ws, study_id).received_instances == 4
+
+
+def test_study_only_in_secondary_falls_through_to_it(ws: Workspace) -> None:
+    study_id = add_study(ws, IN_SECONDARY)
+    begin(ws, study_id)
+
+    assert locate(ws, study_id, "primary") is False
+    assert ledger_row(ws, study_id).source is None
+
+    assert locate(ws, study_id, "secondary") is True
+    assert ledger_row(ws, study_id).source == "secondary"
+    assert fetch(ws, study_id, "secondary") == 3  # by C-GET, no receiver involved
+    folder = storage.study_dir(ws.staging, IN_SECONDARY[0].StudyInstanceUID)
+    assert storage.count_instances(folder) == 3
+
+
+def test_study_located_by_uid(ws: Workspace) -> None:
+    study_id = add_study(ws, IN_SECONDARY, by_uid=True)
+    assert locate(ws, study_id, "primary") is False
+    assert locate(ws, study_id, "secondary") is True
+    assert ledger_row(ws, study_id).expected_instances == 3
+
+
+def test_offline_source_raises_never_not_found(ws: Workspace, primary: SandboxPacs) -> None:
+    study_id = add_study(ws, IN_PRIMARY)
+    primary.set_offline(True)
+    try:
+        with pytest.raises(SourceUnavailable, match=r"source PRIMARY@127\.0\.0\.1:\d+ refused"):
+            locate(ws, study_id, "primary")
+        # Also for a study the source does not hold: down is never "not found".
+        other_id = add_study(ws, IN_SECONDARY)
+        with pytest.raises(SourceUnavailable):
+            locate(ws, other_id, "primary")
+    finally:
+        primary.set_offline(False)
+    assert ledger_row(ws, study_id).source is None
+    assert locate(ws, study_id, "primary") is True
+
+
+def test_two_studies_under_one_accession_is_permanent(ws: Workspace) -> None:
+    study_id = add_study(ws, TWINS[0])
+    with pytest.raises(
+        PermanentError,
+        match=r"2 studies at source PRIMARY match this accession number; add the "
+        r"study_uid column",
+    ):
+        locate(ws, study_id, "primary")
+    assert ledger_row(ws, study_id).found_study_uid is None
+
+
+def test_a_study_uid_picks_one_of_the_twins(ws: Workspace) -> None:
+    study_id = add_study(ws, TWINS[1], by_uid=True)
+    assert locate(ws, study_id, "primary") is True
+    assert ledger_row(ws, study_id).found_study_uid == TWINS[1][0].StudyInstanceUID
+
+
+def test_move_to_a_destination_the_source_does_not_know(ws: Workspace) -> None:
+    unknown = ws.site.model_copy(
+        update={"receiver": ws.site.receiver.model_copy(update={"ae_title": "STRANGER"})}
+    )
+    stranger = Workspace(site=unknown, sessions=ws.sessions)
+    study_id = add_study(stranger, IN_PRIMARY)
+    assert locate(stranger, study_id, "primary")
+    with pytest.raises(PermanentError, match="does not know our receiver's AE title"):
+        fetch(stranger, study_id, "primary")
+
+
+# -- de-identify and export ------------------------------------------------------------
+
+
+def test_deidentify_and_export(ws: Workspace, site: SiteConfig) -> None:
+    study_id = add_study(ws, IN_PRIMARY)
+    begin(ws, study_id)
+    assert locate(ws, study_id, "primary")
+    fetch(ws, study_id, "primary")
+
+    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER) == 4
+
+    original = IN_PRIMARY[0]
+    pseudo_patient = PSEUDONYMIZER.patient_id(str(original.PatientID))
+    pseudo_study = PSEUDONYMIZER.uid(str(original.StudyInstanceUID))
+    final = site.destinations["local"].path / PROJECT.name / pseudo_patient / pseudo_study
+    files = sorted(final.glob("*.dcm"))
+    assert len(files) == 4
+    secrets = [
+        str(original.PatientID).encode(),
+        str(original.AccessionNumber).encode(),
+        str(original.PatientName).encode(),
+        PATIENTS[0].family_name.encode(),
+        str(original.StudyInstanceUID).encode(),
+    ]
+    raw = BytesIO()
+    pydicom.dcmwrite(raw, original, enforce_file_format=True)
+    assert all(secret in raw.getvalue() for secret in secrets)  # the check can fail
+    for path in files:
+        ds = pydicom.dcmread(path)
+        assert ds.PatientID == pseudo_patient
+        assert str(ds.PatientName) == pseudo_patient
+        assert ds.StudyInstanceUID == pseudo_study
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret not in data, f"{secret!r} found in {path.name}"
+
+    study = ledger_row(ws, study_id)
+    assert study.status == StudyStatus.EXPORTED
+    assert study.pseudo_patient_id == pseudo_patient
+    assert study.pseudo_study_uid == pseudo_study
+    assert study.exported_instances == 4
+    assert study.exported_at is not None
+    # Raw (identifiable) staging is gone, and so is the de-identification work folder.
+    assert not storage.study_dir(ws.staging, str(original.StudyInstanceUID)).exists()
+    assert not (ws.staging / "deid" / study.ref).exists()
+    # A later run does not start the study again.
+    assert begin(ws, study_id) is False
+    with ws.sessions() as session:
+        assert repo.studies_to_process(session, PROJECT.name) == []
+
+
+def test_participant_id_is_the_patient_pseudonym(ws: Workspace, site: SiteConfig) -> None:
+    first = IN_SECONDARY[0]
+    row = ManifestRow(
+        row=1,
+        study_date=DATE,
+        mrn=str(first.PatientID),
+        accession_number=str(first.AccessionNumber),
+        participant_id="P0042",
+    )
+    with ws.sessions() as session:
+        repo.ingest_manifest(session, PROJECT.name, [row])
+        [(study_id, _ref)] = repo.studies_to_process(session, PROJECT.name)
+    assert locate(ws, study_id, "secondary")
+    fetch(ws, study_id, "secondary")
+    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER) == 3
+    folder = site.destinations["local"].path / PROJECT.name / "P0042"
+    [study_folder] = list(folder.iterdir())
+    assert all(pydicom.dcmread(p).PatientID == "P0042" for p in study_folder.glob("*.dcm"))
+
+
+def test_modality_filter_keeping_nothing_is_permanent(ws: Workspace) -> None:
+    study_id = add_study(ws, IN_SECONDARY)
+    assert locate(ws, study_id, "secondary")
+    fetch(ws, study_id, "secondary")
+    ct_only = PROJECT.model_copy(update={"modalities": ["CT"]})
+    with pytest.raises(PermanentError, match=r"none of the 3 instances has a modality in \['CT'\]"):
+        deidentify_and_export(ws, study_id, ct_only, PSEUDONYMIZER)
+    study = ledger_row(ws, study_id)
+    assert study.status != StudyStatus.EXPORTED
+    assert not (ws.staging / "deid" / study.ref).exists()
+    assert not (ws.site.destinations["local"].path / PROJECT.name).exists()
+
+
+def test_record_not_found(ws: Workspace) -> None:
+    study_id = add_study(ws, IN_SECONDARY)
+    assert locate(ws, study_id, "primary") is False
+    record_not_found(ws, study_id)
+    assert ledger_row(ws, study_id).status == StudyStatus.NOT_FOUND
+    with ws.sessions() as session:
+        assert repo.studies_to_process(session, PROJECT.name) == []
+
+
+# -- unreachable sources ---------------------------------------------------------------
+
+
+def test_find_study_with_nothing_listening_is_unavailable_and_quick() -> None:
+    source = SourceConfig(ae_title="GONE", host="127.0.0.1", port=free_port(), timeout=1)
+    start = time.monotonic()
+    with pytest.raises(SourceUnavailable, match=r"source GONE@127\.0\.0\.1:\d+ refused or did not"):
+        find_study(source, "PACSFLOW", StudyQuery(mrn="MRN1", accession_number="ACC1"))
+    assert time.monotonic() - start < 3
+
+
+def test_find_study_with_a_silent_peer_times_out() -> None:
+    # The port accepts TCP connections (kernel backlog) but never speaks DICOM.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        source = SourceConfig(ae_title="MUTE", host="127.0.0.1", port=port, timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(SourceUnavailable, match="refused or did not answer"):
+            find_study(source, "PACSFLOW", StudyQuery(study_uid="1.2.3"))
+        assert time.monotonic() - start < 3
