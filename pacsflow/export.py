@@ -10,6 +10,7 @@ is updated is caught by finding the folder already in place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -60,9 +61,17 @@ class FilesystemDestination:
         except OSError:
             if final.is_dir():  # another worker exported the same study a moment ago
                 shutil.rmtree(partial, ignore_errors=True)
+                _remove_if_empty(partial_root)
                 return ExportReceipt(str(final), _count(final), already_present=True)
             raise
+        _remove_if_empty(partial_root)
         return ExportReceipt(str(final), _count(final), already_present=False)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Other studies may be mid-export in ``folder``: rmdir only succeeds when it is empty."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _count(folder: Path) -> int:

@@ -123,6 +123,7 @@ def read_manifest(path: str | Path, project: str) -> list[ManifestRow]:
     problems: list[str] = []
     rows: list[ManifestRow] = []
     seen: dict[tuple[str, ...], ManifestRow] = {}
+    seen_accessions: dict[tuple[str | None, str | None], ManifestRow] = {}
     wanted = project_slug(project)
     columns = [c for c in KNOWN_COLUMNS if c in frame.columns]
     for number, record in enumerate(frame[columns].itertuples(index=False), start=1):
@@ -166,8 +167,22 @@ def read_manifest(path: str | Path, project: str) -> list[ManifestRow]:
             procedure_id=cells.get("procedure_id"),
         )
         earlier = seen.get(row.study_key)
-        if earlier is None:
+        by_accession = seen_accessions.get((row.mrn, row.accession_number))
+        if (
+            row.mrn
+            and row.accession_number
+            and by_accession
+            and (by_accession.study_uid != row.study_uid)
+        ):
+            problems.append(
+                f"row {number}, column study_uid: row {by_accession.row} has the same mrn and "
+                "accession_number with another study UID; pacsflow keeps one study per "
+                "accession, so put the second study in a manifest of its own"
+            )
+        elif earlier is None:
             seen[row.study_key] = row
+            if row.mrn and row.accession_number:
+                seen_accessions[(row.mrn, row.accession_number)] = row
             rows.append(row)
         elif _same_request(earlier, row):
             continue  # an exact duplicate (PIXL repeats a study per series): keep one

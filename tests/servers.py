@@ -1,7 +1,9 @@
-"""Start and stop real servers (Orthanc for now) for integration tests.
+"""Start and stop real servers (Orthanc, PostgreSQL, a Prefect server) for integration tests.
 
 Plain helpers with no pytest import, so benchmarks and scripts can use them too.
 The pytest wiring (skip/fail, teardown) lives in ``tests/integration/conftest.py``.
+PostgreSQL and Prefect facts are in the docstrings of :func:`start_postgres` and
+:func:`start_prefect_server`.
 
 Orthanc facts this module relies on (Debian ``orthanc`` 1.10):
 
@@ -25,11 +27,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -88,14 +93,14 @@ def dcmtk_binary(name: str) -> str | None:
     return None
 
 
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM the child if the test process dies (no orphan servers)."""
+def _set_parent_death_signal(sig: int = signal.SIGTERM) -> None:  # pragma: no cover - child
+    """Ask Linux to send ``sig`` to the child if the test process dies (no orphan servers)."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        libc.prctl(pr_set_pdeathsig, sig)
     except Exception:
         pass
 
@@ -408,4 +413,597 @@ def _wait_ready(server: OrthancServer, process: subprocess.Popen, timeout: float
     raise OrthancStartError(
         f"Orthanc (pid {server.pid}) did not answer on {server.base_url}/system and DICOM port "
         f"{server.dicom_port} within {timeout} s; log tail:\n{log_tail(server.log_path)}"
+    )
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+PG_BIN_ENV = "PACSFLOW_PG_BIN"
+"""Environment variable that can point at a PostgreSQL ``bin`` directory (initdb, postgres)."""
+
+POSTGRES_OS_USER = "postgres"
+"""PostgreSQL refuses to run as root: as root, initdb and postgres run as this user."""
+
+POSTGRES_DB_USER = "postgres"
+_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def postgres_bindir() -> Path | None:
+    """Directory holding ``initdb`` and ``postgres``, or None when PostgreSQL is not installed.
+
+    Debian keeps them off PATH in ``/usr/lib/postgresql/<major>/bin``; the newest wins.
+    """
+    override = os.environ.get(PG_BIN_ENV)
+    if override:
+        candidates = [Path(override)]
+    else:
+
+        def major(path: Path) -> int:
+            return int(path.parent.name) if path.parent.name.isdigit() else -1
+
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=major, reverse=True)
+        on_path = shutil.which("initdb")
+        if on_path:
+            candidates.append(Path(on_path).parent)
+    for candidate in candidates:
+        if all(os.access(candidate / name, os.X_OK) for name in ("initdb", "postgres")):
+            return candidate
+    return None
+
+
+def _postgres_ids() -> tuple[int, int] | None:
+    """(uid, gid) to run PostgreSQL as when we are root; None when we are not root.
+
+    Raises KeyError when we are root and the ``postgres`` OS user does not exist.
+    """
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    entry = pwd.getpwnam(POSTGRES_OS_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def postgres_available() -> bool:
+    """Whether PostgreSQL can be started here (tests skip otherwise, fail under CI)."""
+    if postgres_bindir() is None:
+        return False
+    try:
+        _postgres_ids()
+    except KeyError:
+        return False
+    return True
+
+
+def _demote(ids: tuple[int, int] | None, death_signal: int) -> Any:
+    """A ``preexec_fn`` that drops root to ``ids`` and then sets the parent-death signal.
+
+    The order matters: Linux clears the parent-death signal when the credentials change.
+    libc is loaded here, in the parent: once demoted, the child can no longer import
+    ``ctypes`` from a Python installed under ``/root`` (mode 0700), and the death signal
+    would silently not be set.
+    """
+    prctl = None
+    if sys.platform == "linux":
+        import ctypes
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:  # pragma: no cover - runs in the child
+        if ids is not None:
+            uid, gid = ids
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        if prctl is not None:
+            prctl(pr_set_pdeathsig, death_signal)
+
+    return preexec
+
+
+def _chown(path: Path, ids: tuple[int, int] | None) -> None:
+    if ids is not None:
+        os.chown(path, *ids)
+
+
+class PostgresStartError(RuntimeError):
+    pass
+
+
+_PG_ROOT_PREFIX = "pacsflow-pg-"
+_STALE_AFTER_SECONDS = 600
+
+
+def _remove_stale_postgres_dirs(tmpdir: Path) -> None:
+    """Delete cluster dirs left behind by killed test sessions.
+
+    A dir is stale once it is older than 10 minutes and has no ``postmaster.pid``: a
+    running server has one; a killed session's server removed it on its way out (fast
+    shutdown on parent death); a cluster being created is seconds old.
+    """
+    now = time.time()
+    for path in tmpdir.glob(_PG_ROOT_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if (path / "data" / "postmaster.pid").exists():
+                continue
+            if now - path.stat().st_mtime > _STALE_AFTER_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class PostgresServer:
+    """A running ``postgres`` started by :func:`start_postgres` (trust auth, loopback only).
+
+    ``datadir`` and ``socket_dir`` live under ``rootdir``, a fresh directory in the system
+    temp dir owned by the ``postgres`` OS user (pytest's own temp dirs are mode 0700 and
+    root-owned, so that user could not enter them); :meth:`stop` deletes ``rootdir``.
+    The server log is in ``workdir``.
+    """
+
+    port: int
+    pid: int
+    datadir: Path
+    rootdir: Path
+    socket_dir: Path
+    workdir: Path
+    host: str = LOOPBACK
+    user: str = POSTGRES_DB_USER
+    _process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    def url(self, database: str = "postgres", driver: str | None = "psycopg") -> str:
+        """SQLAlchemy URL of ``database``: ``driver="asyncpg"`` for the Prefect server,
+        ``driver=None`` for a plain libpq URL (``postgresql://...``)."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{self.user}@{self.host}:{self.port}/{database}"
+
+    def connect(self, database: str = "postgres") -> Any:
+        """An autocommit psycopg connection (close it, or use it in a ``with``)."""
+        import psycopg
+
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            dbname=database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def create_database(self, name: str | None = None, driver: str | None = "psycopg") -> str:
+        """Create an empty database (a random ``pacsflow_<hex>`` name by default).
+
+        Returns its SQLAlchemy URL (see :meth:`url` for ``driver``).
+        """
+        name = name or f"pacsflow_{secrets.token_hex(6)}"
+        if not _DB_NAME.match(name):
+            raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern}")
+        with self.connect() as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name, driver)
+
+    def drop_database(self, name: str) -> None:
+        """Drop ``name``, disconnecting its clients first (``WITH (FORCE)``, PostgreSQL 13+)."""
+        if not _DB_NAME.match(name):
+            raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern}")
+        with self.connect() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    # -- lifecycle ----------------------------------------------------------------
+    def is_running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return _pid_alive(self.pid)
+
+    def terminate(self) -> None:
+        """Ask for a *fast* shutdown (SIGINT; no wait), see :meth:`wait_stopped`.
+
+        PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client to
+        disconnect: an engine's idle pooled connection would hold it up until the SIGKILL.
+        SIGINT rolls back open transactions, disconnects clients and stops cleanly.
+        """
+        with contextlib.suppress(ProcessLookupError):
+            if self.is_running():
+                os.kill(self.pid, signal.SIGINT)
+
+    def wait_stopped(self, timeout: float = 15) -> None:
+        """Wait for the postmaster to exit; SIGKILL its process group after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.is_running():
+            # The postmaster leads its own session (start_new_session): kill the backends too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            kill_deadline = time.monotonic() + 10
+            while self.is_running() and time.monotonic() < kill_deadline:
+                time.sleep(0.02)
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=1)  # reap
+
+    def stop(self, timeout: float = 15, *, remove: bool = True) -> None:
+        """Stop by pid and delete ``rootdir`` (data and socket) unless ``remove`` is false."""
+        self.terminate()
+        self.wait_stopped(timeout)
+        if remove:
+            shutil.rmtree(self.rootdir, ignore_errors=True)
+
+
+def start_postgres(
+    workdir: Path, *, timeout: float = 30, attempts: int = 5, database: str | None = None
+) -> PostgresServer:
+    """initdb a fresh cluster and start ``postgres`` on a free 127.0.0.1 port.
+
+    * As root, ``initdb`` and ``postgres`` run as the ``postgres`` OS user (dropped in
+      ``preexec_fn``, so the pid is the postmaster's own, not a ``runuser`` wrapper's).
+    * Trust authentication for the ``postgres`` database user, over the Unix socket (in
+      ``rootdir``) and 127.0.0.1 only; it listens on 127.0.0.1 only.
+    * Durability is off (``fsync``, ``synchronous_commit``, ``full_page_writes``): a
+      crash loses the cluster, which a test cluster does not mind.
+    * A port taken between :func:`free_port` and the bind makes postgres exit; it is
+      retried with a fresh port.
+
+    ``database`` (optional) is created once the server is ready. Returns once a psycopg
+    connection succeeds. Raises :class:`PostgresStartError` with the log tail otherwise.
+    """
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise PostgresStartError("PostgreSQL is not installed (apt-get install postgresql)")
+    try:
+        ids = _postgres_ids()
+    except KeyError as exc:
+        raise PostgresStartError(
+            f"running as root, but there is no {POSTGRES_OS_USER!r} OS user to run PostgreSQL"
+        ) from exc
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_postgres_dirs(Path(tempfile.gettempdir()))
+    rootdir = Path(tempfile.mkdtemp(prefix=_PG_ROOT_PREFIX))
+    datadir = rootdir / "data"
+    socket_dir = rootdir / "sock"
+    socket_dir.mkdir()
+    for path in (rootdir, socket_dir):
+        _chown(path, ids)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "HOME": str(rootdir), "TZ": "UTC"}
+    env.pop("PGDATA", None)
+    try:
+        initdb_log = workdir / "initdb.log"
+        with open(initdb_log, "ab") as log:
+            status = subprocess.run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(datadir),
+                    "--auth=trust",
+                    "-U",
+                    POSTGRES_DB_USER,
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                cwd=rootdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_demote(ids, signal.SIGKILL),
+                timeout=120,
+                check=False,
+            ).returncode
+        if status != 0:
+            raise PostgresStartError(
+                f"initdb exited with status {status}; log tail:\n{log_tail(initdb_log)}"
+            )
+        hba = datadir / "pg_hba.conf"
+        hba.write_text(
+            "# pacsflow test cluster: trust, local socket and 127.0.0.1 only\n"
+            "local all all trust\n"
+            "host all all 127.0.0.1/32 trust\n"
+        )
+        _chown(hba, ids)
+        server = _start_postmaster(
+            bindir,
+            ids,
+            env,
+            rootdir,
+            datadir,
+            socket_dir,
+            workdir,
+            timeout=timeout,
+            attempts=attempts,
+        )
+    except BaseException:
+        shutil.rmtree(rootdir, ignore_errors=True)
+        raise
+    if database:
+        try:
+            server.create_database(database)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def _start_postmaster(
+    bindir: Path,
+    ids: tuple[int, int] | None,
+    env: dict[str, str],
+    rootdir: Path,
+    datadir: Path,
+    socket_dir: Path,
+    workdir: Path,
+    *,
+    timeout: float,
+    attempts: int,
+) -> PostgresServer:
+    log_path = workdir / "postgres.log"
+    last_error = ""
+    for _attempt in range(attempts):
+        port = free_port()
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [
+                    str(bindir / "postgres"),
+                    "-D",
+                    str(datadir),
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(socket_dir),
+                    "-c",
+                    f"listen_addresses={LOOPBACK}",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ],
+                cwd=rootdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,
+                # Fast shutdown if the test process dies (SIGTERM would wait for clients).
+                preexec_fn=_demote(ids, signal.SIGINT),
+            )
+        server = PostgresServer(
+            port=port,
+            pid=process.pid,
+            datadir=datadir,
+            rootdir=rootdir,
+            socket_dir=socket_dir,
+            workdir=workdir,
+            _process=process,
+        )
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        try:
+            status = _wait_postgres_ready(server, process, timeout)
+        except BaseException:
+            server.stop(remove=False)
+            raise
+        if status is None:
+            return server
+        text = log_path.read_text(errors="replace")[offset:]
+        if "could not bind" in text or "already in use" in text:
+            last_error = f"exit {status} (port {port} in use)"
+            continue
+        raise PostgresStartError(
+            f"postgres exited with status {status} during start-up; log tail:\n{log_tail(log_path)}"
+        )
+    raise PostgresStartError(
+        f"postgres did not start after {attempts} attempts ({last_error}); log tail:\n"
+        f"{log_tail(log_path)}"
+    )
+
+
+def _wait_postgres_ready(
+    server: PostgresServer, process: subprocess.Popen, timeout: float
+) -> int | None:
+    """None once a connection succeeds; the exit status if postgres died; raises on timeout."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        status = process.poll()
+        if status is not None:
+            return status
+        try:
+            with server.connect() as connection:
+                connection.execute("SELECT 1")
+            return None
+        except psycopg.OperationalError as exc:
+            last = str(exc).strip()
+        time.sleep(0.05)
+    server.stop(remove=False)
+    raise PostgresStartError(
+        f"postgres (pid {server.pid}) did not accept connections on port {server.port} within "
+        f"{timeout} s (last error: {last}); log tail:\n{log_tail(server.log_path)}"
+    )
+
+
+# -- Prefect server -----------------------------------------------------------------
+
+
+class PrefectStartError(RuntimeError):
+    pass
+
+
+def prefect_binary() -> Path:
+    """The ``prefect`` CLI of the running interpreter's environment (the venv's)."""
+    return Path(sys.executable).parent / "prefect"
+
+
+@dataclass
+class PrefectServerProcess:
+    """A ``prefect server start`` process started by :func:`start_prefect_server`.
+
+    ``pid`` leads its own process group; :meth:`stop` signals the whole group.
+    ``startup_seconds`` is the time from spawn to the first healthy ``/health``.
+    """
+
+    api_url: str
+    pid: int
+    home: Path
+    port: int = 0
+    startup_seconds: float = 0.0
+    _process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "prefect-server.log"
+
+    def is_running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return _pid_alive(self.pid)
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def terminate(self) -> None:
+        """SIGTERM the process group (no wait)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 15) -> None:
+        """Wait for the server to exit; SIGKILL the group after ``timeout`` or for stragglers."""
+        deadline = time.monotonic() + timeout
+        while self.is_running() and time.monotonic() < deadline:
+            if self._process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            else:
+                time.sleep(0.05)
+        if self.is_running() or self._group_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            kill_deadline = time.monotonic() + 10
+            while (self.is_running() or self._group_alive()) and time.monotonic() < kill_deadline:
+                time.sleep(0.05)
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=1)  # reap
+
+    def stop(self, timeout: float = 15) -> None:
+        self.terminate()
+        self.wait_stopped(timeout)
+
+
+def prefect_server_env(home: Path, database_url: str | None = None) -> dict[str, str]:
+    """Environment for a hermetic server: no inherited ``PREFECT_*`` (API URL, profile...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",  # legacy alias of the line above
+        }
+    )
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    return env
+
+
+def start_prefect_server(
+    home: Path,
+    database_url: str | None = None,
+    *,
+    timeout: float = 90,
+    attempts: int = 3,
+    extra_env: Mapping[str, str] | None = None,
+) -> PrefectServerProcess:
+    """Run ``prefect server start`` on a free 127.0.0.1 port; return once ``/health`` is OK.
+
+    ``database_url`` is an async SQLAlchemy URL (``postgresql+asyncpg://...``); without it
+    the server uses SQLite in ``home``. The server migrates its database on start-up.
+    The log is ``home/prefect-server.log``. ``extra_env`` adds settings such as
+    ``PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED``.
+    """
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    binary = prefect_binary()
+    if not os.access(binary, os.X_OK):
+        raise PrefectStartError(f"{binary} is not an executable")
+    env = prefect_server_env(home, database_url)
+    env.update(extra_env or {})
+    log_path = home / "prefect-server.log"
+    last_error = ""
+    for _attempt in range(attempts):
+        port = free_port()
+        api_url = f"http://{LOOPBACK}:{port}/api"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        started = time.monotonic()
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [str(binary), "server", "start", "--host", LOOPBACK, "--port", str(port)],
+                cwd=home,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+            )
+        server = PrefectServerProcess(
+            api_url=api_url, pid=process.pid, home=home, port=port, _process=process
+        )
+        try:
+            status = _wait_prefect_ready(server, process, timeout)
+        except BaseException:
+            server.stop()
+            raise
+        if status is None:
+            server.startup_seconds = time.monotonic() - started
+            return server
+        server.stop()  # stragglers in the group, if any
+        text = log_path.read_text(errors="replace")[offset:]
+        if "already in use" in text:
+            last_error = f"exit {status} (port {port} in use)"
+            continue
+        raise PrefectStartError(
+            f"prefect server exited with status {status} during start-up; log tail:\n"
+            f"{log_tail(log_path)}"
+        )
+    raise PrefectStartError(
+        f"prefect server did not start after {attempts} attempts ({last_error}); log tail:\n"
+        f"{log_tail(log_path)}"
+    )
+
+
+def _wait_prefect_ready(
+    server: PrefectServerProcess, process: subprocess.Popen, timeout: float
+) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = process.poll()
+        if status is not None:
+            return status
+        try:
+            if requests.get(server.api_url + "/health", timeout=2).ok:
+                return None
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise PrefectStartError(
+        f"prefect server (pid {server.pid}) did not answer {server.api_url}/health within "
+        f"{timeout} s; log tail:\n{log_tail(server.log_path)}"
     )

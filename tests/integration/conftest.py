@@ -1,13 +1,24 @@
 """Fixtures that start real servers for integration tests.
 
 A missing server binary skips the test with a clear reason on a developer machine, but
-fails it when ``CI`` is set: CI installs Orthanc and dcmtk, so a skip there would only
-hide a broken environment.
+fails it when ``CI`` is set: CI installs Orthanc, dcmtk and PostgreSQL, so a skip there
+would only hide a broken environment.
+
+PostgreSQL and Prefect fixtures:
+
+* ``postgres`` (session): one PostgreSQL cluster (:class:`tests.servers.PostgresServer`).
+* ``ledger_url`` (function): a fresh, empty database on it for each test, as a
+  ``postgresql+psycopg://`` URL; dropped after the test.
+* ``prefect_server`` (session): a real ``prefect server start`` backed by its own database
+  on ``postgres`` (:class:`tests.servers.PrefectServerProcess`).
+* ``prefect_api`` (session): that server's API URL; while the session runs,
+  ``PREFECT_API_URL`` points at it, so flows run inside tests report to it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +28,14 @@ import pytest
 from tests.servers import (
     ModalitySpec,
     OrthancServer,
+    PostgresServer,
+    PrefectServerProcess,
     dcmtk_binary,
     orthanc_available,
+    postgres_available,
     start_orthanc,
+    start_postgres,
+    start_prefect_server,
     stop_all,
 )
 
@@ -99,3 +115,81 @@ def orthanc_session_factory(
         yield factory
     finally:
         factory.stop_all()
+
+
+# -- PostgreSQL and the Prefect server -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session (initdb + start ~1 s, stop ~0.2 s).
+
+    Loopback only, trust auth for the ``postgres`` user, durability off. Create your own
+    databases on it (``postgres.create_database()``) or use :func:`ledger_url`.
+    """
+    require(postgres_available(), "PostgreSQL (apt-get install postgresql)")
+    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ledger_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for this test: ``postgresql+psycopg://postgres@...:PORT/...``.
+
+    Dropped (``WITH (FORCE)``, so open engine connections do not block it) afterwards.
+    """
+    name = f"ledger_{secrets.token_hex(6)}"
+    url = postgres.create_database(name)
+    try:
+        yield url
+    finally:
+        postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(
+    postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectServerProcess]:
+    """A real Prefect server for the session, on its own database in :func:`postgres`.
+
+    Start-up (migrating a fresh database included) takes ~5-6 s. Its ``PREFECT_HOME`` and
+    log (``prefect-server.log``) are in a pytest temp dir. Use :func:`prefect_api` to point
+    the test process's Prefect client at it.
+    """
+    database_url = postgres.create_database("prefect", driver="asyncpg")
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-home"), database_url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server: PrefectServerProcess) -> Iterator[str]:
+    """The Prefect server's API URL (``http://127.0.0.1:PORT/api``).
+
+    For the rest of the session ``PREFECT_API_URL`` is set to it in this process (Prefect's
+    settings context), so ``@flow`` runs and ``get_client()`` talk to that server.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        try:
+            yield prefect_server.api_url
+        finally:
+            _drain_prefect_workers()
+
+
+def _drain_prefect_workers() -> None:
+    """Send buffered run logs and events before the server goes away (no shutdown noise)."""
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5, at_exit=False)
+        EventsWorker.drain_all(timeout=5, at_exit=False)
+    except Exception:  # best effort: a failure here must not fail the session
+        pass

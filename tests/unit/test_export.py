@@ -57,10 +57,8 @@ def test_export_creates_project_patient_study_folder(
     # Nothing half-done remains: the staging area of the project is empty.
     partial = tmp_path / "export" / PROJECT / ".partial"
     assert not partial.exists() or list(partial.iterdir()) == []
-    assert sorted(p.name for p in (tmp_path / "export" / PROJECT).iterdir()) in (
-        [PATIENT],
-        [".partial", PATIENT],
-    )
+    # Researchers listing the project folder see patients only, no working folders.
+    assert sorted(p.name for p in (tmp_path / "export" / PROJECT).iterdir()) == [PATIENT]
 
 
 def test_exporting_again_changes_nothing(
@@ -133,7 +131,7 @@ def test_a_failed_copy_leaves_no_study_folder_and_a_retry_succeeds(
     assert receipt.already_present is False
     assert receipt.instances == 5
     assert not half.exists()
-    assert list((project_dir / ".partial").iterdir()) == []
+    assert not (project_dir / ".partial").exists()
 
 
 def test_the_study_folder_appears_only_when_complete(
@@ -174,4 +172,4 @@ def test_another_worker_finishing_first_is_already_present(
     receipt = destination.export(study_dir, PROJECT, PATIENT, STUDY)
     assert receipt.already_present is True
     assert receipt.instances == 5
-    assert list((tmp_path / "export" / PROJECT / ".partial").iterdir()) == []
+    assert not (tmp_path / "export" / PROJECT / ".partial").exists()

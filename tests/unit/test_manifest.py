@@ -301,3 +301,14 @@ def test_unknown_extension(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="no such manifest file"):
         read_manifest(tmp_path / "nope.csv", "my-study")
+
+
+def test_two_study_uids_under_one_accession_are_refused_not_dropped(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "mrn,accession_number,study_date,study_uid\n"
+        "123,A1,2024-01-02,1.2.3\n"
+        "123,A1,2024-01-02,1.2.4\n"
+    )
+    with pytest.raises(ManifestError, match=r"row 2, column study_uid: row 1 has the same mrn"):
+        read_manifest(path, "p1")

@@ -1,0 +1,199 @@
+"""The extraction flow against the sandbox PACS: failure paths and kill/restart.
+
+These run the real flow on a real Prefect server (the ``prefect_api`` fixture) with
+pynetdicom PACS of our own, which can be taken offline on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pacsflow.config import load_project_config, load_site_config
+from pacsflow.ledger import make_engine, session_factory
+from pacsflow.ledger import repository as repo
+from pacsflow.ledger.models import Study
+from pacsflow.sandbox.scenario import build_sandbox
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+PACSFLOW = str(Path(sys.executable).parent / "pacsflow")
+
+
+def _fast_retries(config_path: Path, delays: list[float]) -> None:
+    data = yaml.safe_load(config_path.read_text())
+    for source in data["sources"].values():
+        source["retry_delays"] = delays
+        source["timeout"] = 10
+    config_path.write_text(yaml.safe_dump(data))
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    site = build_sandbox(
+        tmp_path / "site",
+        primary_port=free_port(),
+        secondary_port=free_port(),
+        receiver_port=free_port(),
+        n_studies=8,
+    )
+    _fast_retries(site.config_path, [0.5])
+    yield site
+    site.stop()
+    from pacsflow.dicom.receiver import stop_process_receiver
+
+    stop_process_receiver()
+
+
+def test_a_source_that_is_down_fails_studies_and_never_falls_through(sandbox, prefect_api):
+    """Down is not 'not found': no study may be taken from the secondary instead."""
+    from blocks.site import save_site
+    from flows.extract import extract_project
+
+    site = load_site_config(sandbox.config_path)
+    project = load_project_config(sandbox.project_path)
+    save_site(site)
+    sandbox.primary.set_offline(True)
+    state = extract_project(
+        project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
+    )
+    assert state.is_failed()
+    assert "studies failed" in state.message
+
+    sessions = session_factory(make_engine(site.ledger))
+    with sessions() as session:
+        counts = repo.status_counts(session, project.name)
+        reasons = [reason for _, reason in repo.failures(session, project.name)]
+    assert counts["exported"] == 0 and counts["not_found"] == 0
+    assert counts["failed"] == 8
+    assert all("SourceUnavailable" in r and "PRIMARY" in r for r in reasons)
+
+    # The source comes back: the next run picks the failed studies up again.
+    sandbox.primary.set_offline(False)
+    state = extract_project(
+        project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
+    )
+    assert state.is_completed(), state.message
+    expected = sandbox.expected
+    counts = state.result()
+    assert counts["exported"] == 8 - expected["neither"]
+    assert counts["not_found"] == expected["neither"]
+    with sessions() as session:
+        by_source = repo.source_counts(session, project.name)
+    assert by_source == {
+        "primary": expected["primary"] + expected["both"],
+        "secondary": expected["secondary"],
+    }
+
+
+def _exported(ledger: Path) -> int:
+    with sqlite3.connect(ledger) as db:
+        return db.execute("select count(*) from studies where status='exported'").fetchone()[0]
+
+
+def test_a_killed_extraction_resumes_without_loss_or_duplicates(tmp_path, prefect_api):
+    """SIGKILL the worker mid-run; a rerun finishes every study exactly once."""
+    folder = tmp_path / "site"
+    ports = [str(free_port()) for _ in range(3)]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    pacs = subprocess.Popen(
+        [
+            PACSFLOW,
+            "sandbox",
+            "--folder",
+            str(folder),
+            "--primary-port",
+            ports[0],
+            "--secondary-port",
+            ports[1],
+            "--receiver-port",
+            ports[2],
+            "--studies",
+            "12",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    extract = None
+    try:
+        config = folder / "pacsflow.yaml"
+        for _ in range(200):
+            if config.exists() and (folder / "manifest.csv").exists():
+                break
+            time.sleep(0.1)
+        _fast_retries(config, [0.5, 1])
+        command = [
+            PACSFLOW,
+            "extract",
+            "--config",
+            str(config),
+            "--project",
+            str(folder / "projects" / "sandbox-demo.yaml"),
+            "--manifest",
+            str(folder / "manifest.csv"),
+            "--workers",
+            "2",
+        ]
+        extract = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path
+        )
+        ledger = folder / "ledger.db"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and extract.poll() is None:
+            if ledger.exists() and _exported(ledger) >= 2:
+                break
+            time.sleep(0.05)
+        assert extract.poll() is None, "the run ended before it could be killed"
+        os.kill(extract.pid, signal.SIGKILL)
+        extract.wait()
+        killed_at = _exported(ledger)
+        assert killed_at < 10
+
+        rerun = subprocess.run(
+            command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400
+        )
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    finally:
+        for process in (extract, pacs):
+            if process and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+
+    site = load_site_config(config)
+    with session_factory(make_engine(site.ledger))() as session:
+        rows = session.query(Study).all()
+    exported = [r for r in rows if r.status == "exported"]
+    assert len(exported) == 10 and sum(r.status == "not_found" for r in rows) == 2
+    root = Path(site.destinations["local"].path) / "sandbox-demo"
+    study_dirs = sorted(p for p in root.glob("*/*") if p.is_dir() and p.parent.name != ".partial")
+    assert sorted(p.name for p in study_dirs) == sorted(r.pseudo_study_uid for r in exported)
+    assert all(len(list(d.glob("*.dcm"))) == 6 for d in study_dirs)
+    assert not [p for p in root.glob(".partial/*")]
+
+
+def test_demo_command_shows_both_sources_and_not_found(tmp_path, prefect_api):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "120"}
+    result = subprocess.run(
+        [PACSFLOW, "demo", "--folder", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "exported from primary" in result.stdout
+    assert "exported from secondary" in result.stdout
+    assert "not_found" in result.stdout
+    for line in result.stdout.splitlines():
+        if "MRN" in line or "ACC0" in line:
+            pytest.fail(f"the demo printed an identifier: {line}")
