@@ -8,7 +8,7 @@ the environment it reads at import.
 from __future__ import annotations
 
 import json
-import logging
+import os
 import shutil
 import signal
 import socket
@@ -58,25 +58,17 @@ def _load_inputs(
     return site, proj, rows
 
 
-def _quiet_prefect_console() -> None:
-    """Keep Prefect's console logs to warnings so the progress bar stays readable.
-
-    Only the console handler is quietened: every log still reaches the Prefect UI.
-    """
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler).__name__ == "PrefectConsoleHandler":
-                handler.setLevel(logging.WARNING)
-
-
 def _connect(verbose: bool = False):
+    """Point Prefect at its server. Must run before anything imports prefect.
+
+    Unless ``verbose``, Prefect's console handler shows warnings only, so the progress
+    bar stays readable; every log still reaches the Prefect UI.
+    """
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     server = ensure_server()
     if server.started_here:
         console.print(f"Started a local Prefect server: UI at [link]{server.ui_url}[/]")
-    if not verbose:
-        import prefect.logging.configuration  # noqa: F401  (sets up the handlers)
-
-        _quiet_prefect_console()
     return server
 
 
@@ -171,8 +163,6 @@ def run_extract(
     counts = _summary(site, project)
     if state is not None:
         flow_run_id = state.state_details.flow_run_id
-        import os
-
         ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
         console.print(f"Flow run: {ui}/runs/flow-run/{flow_run_id}  ({state.name})")
     dest = site.destinations[project.destination].path
