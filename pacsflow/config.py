@@ -103,6 +103,34 @@ class SiteConfig(_Frozen):
         return value
 
 
+class ProfileOption(StrEnum):
+    """De-identification options of DICOM PS3.15 Annex E (Table E.1-1, option columns)."""
+
+    RETAIN_LONGITUDINAL_MODIFIED_DATES = "retain_longitudinal_modified_dates"
+    RETAIN_PATIENT_CHARACTERISTICS = "retain_patient_characteristics"
+    RETAIN_DEVICE_IDENTITY = "retain_device_identity"
+    RETAIN_SAFE_PRIVATE = "retain_safe_private"
+    CLEAN_DESCRIPTORS = "clean_descriptors"
+
+
+class FilterConfig(_Frozen):
+    """Which retrieved series a project keeps. A study left with none ends ``excluded``."""
+
+    exclude_series_descriptions: list[str] = Field(
+        default_factory=list,
+        description="Drop series whose SeriesDescription contains any of these "
+        "(case-insensitive), e.g. localizer, scout.",
+    )
+    manufacturers: list[str] = Field(
+        default_factory=list,
+        description="Keep only series whose Manufacturer contains one of these "
+        "(case-insensitive); [] keeps all.",
+    )
+    min_instances_per_series: int = Field(
+        default=0, ge=0, description="Drop series with fewer instances than this."
+    )
+
+
 class ProjectConfig(_Frozen):
     """One research project: which sources to search, in order, and where to export."""
 
@@ -110,7 +138,19 @@ class ProjectConfig(_Frozen):
     sources: list[str] = Field(min_length=1, description="Source names; the first is primary.")
     destination: str
     modalities: list[str] = Field(default_factory=list, description="Keep only these; [] = all.")
-    profile: str = "basic"
+    profile: str = Field(default="basic", description="Base de-identification profile.")
+    profile_options: list[ProfileOption] = Field(
+        default_factory=list, description="PS3.15 profile options to apply on the base."
+    )
+    profile_files: list[Path] = Field(
+        default_factory=list,
+        description="Project tag-operation files layered on the base, in order; relative "
+        "paths are relative to the project file.",
+    )
+    filters: FilterConfig = FilterConfig()
+    base_dir: Path | None = Field(
+        default=None, description="Folder of the project file; set by the loader."
+    )
     key_secret: str | None = Field(
         default=None,
         description="Prefect Secret block with the pseudonymisation key; default <name>-key.",
@@ -119,6 +159,11 @@ class ProjectConfig(_Frozen):
     @property
     def key_secret_name(self) -> str:
         return self.key_secret or f"{self.name}-key"
+
+    @property
+    def resolved_profile_files(self) -> list[Path]:
+        base = self.base_dir or Path.cwd()
+        return [path if path.is_absolute() else base / path for path in self.profile_files]
 
     @field_validator("modalities")
     @classmethod
@@ -179,7 +224,9 @@ def load_site_config(path: str | Path) -> SiteConfig:
 def load_project_config(path: str | Path) -> ProjectConfig:
     """Read and validate a project file (``projects/<slug>.yaml``)."""
     path = Path(path)
+    data = _read_yaml(path)
+    data.setdefault("base_dir", str(path.resolve().parent))
     try:
-        return ProjectConfig.model_validate(_read_yaml(path))
+        return ProjectConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
