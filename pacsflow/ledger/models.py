@@ -11,12 +11,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class StudyStatus(StrEnum):
-    """Where a requested study is. ``exported`` and ``not_found`` are final for a run."""
+    """Where a requested study is.
+
+    Final: ``exported``; ``not_found`` (no source holds it); ``excluded`` (the project's
+    filters kept none of its series); ``quarantined`` (the PHI gate found identifiers in
+    the de-identified output, so nothing was exported: the profile needs fixing).
+    ``failed`` studies are picked up again by the next run.
+    """
 
     PENDING = "pending"
     RETRIEVING = "retrieving"
     EXPORTED = "exported"
     NOT_FOUND = "not_found"
+    EXCLUDED = "excluded"
+    QUARANTINED = "quarantined"
     FAILED = "failed"
 
 
@@ -75,3 +83,19 @@ class Study(Base):
 
     def __repr__(self) -> str:  # no identifiers in reprs: they end up in logs
         return f"Study(id={self.id}, project={self.project!r}, status={self.status})"
+
+
+class Project(Base):
+    """Per-project facts that must not silently change between runs."""
+
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Keyed fingerprint of the pseudonymisation key (never the key): a changed key would
+    #: give the same patients new pseudonyms, breaking every earlier export's linkage.
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    profile_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=_now, onupdate=_now
+    )

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
-from pacsflow.ledger.models import WORK_TO_DO, Study, StudyStatus
+from pacsflow.errors import PermanentError
+from pacsflow.ledger.models import WORK_TO_DO, Project, Study, StudyStatus
 from pacsflow.manifest import ManifestRow
 
 _CHUNK = 500  # keeps IN (...) lists within every database's parameter limit
@@ -161,3 +162,40 @@ def failures(session: Session, project: str) -> list[tuple[int, str]]:
         .order_by(Study.id)
     )
     return [(row.id, row.last_error or "") for row in session.execute(query)]
+
+
+class KeyChanged(PermanentError):
+    """The project's pseudonymisation key differs from the one its exports were made with."""
+
+
+def check_project_key(
+    session: Session, project: str, fingerprint: str, force: bool = False
+) -> None:
+    """Record the key's fingerprint; refuse a different key once anything was exported.
+
+    A new key would give the same patients and studies new pseudonyms, so a top-up could
+    not be linked to earlier exports. ``force`` accepts the change deliberately.
+    """
+    row = session.get(Project, project)
+    if row is None:
+        session.add(Project(name=project, key_fingerprint=fingerprint))
+        session.commit()
+        return
+    if row.key_fingerprint in (None, fingerprint):
+        row.key_fingerprint = fingerprint
+        session.commit()
+        return
+    exported = session.scalar(
+        select(func.count())
+        .select_from(Study)
+        .where(Study.project == project, Study.status == StudyStatus.EXPORTED)
+    )
+    if exported and not force:
+        raise KeyChanged(
+            f"project {project!r}: the pseudonymisation key is not the one its {exported} "
+            "exported studies were made with, so new exports would not link to them. Restore "
+            "the original key in the project's Secret block, or pass --force-key-change to "
+            "accept new pseudonyms."
+        )
+    row.key_fingerprint = fingerprint
+    session.commit()

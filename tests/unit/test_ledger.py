@@ -60,9 +60,9 @@ def test_migrate_creates_folder_and_is_safe_twice(tmp_path: Path) -> None:
         migrate(engine)
         assert (tmp_path / "new" / "dir" / "ledger.db").is_file()
         tables = set(inspect(engine).get_table_names())
-        assert tables == {"studies", "alembic_version"}
+        assert tables == {"studies", "projects", "alembic_version"}
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0001"
+            assert MigrationContext.configure(connection).get_current_revision() == "0002"
     finally:
         engine.dispose()
 
@@ -83,7 +83,9 @@ def test_migrations_match_the_models(engine: Engine) -> None:
 def test_schema_check_notices_a_model_change(engine: Engine) -> None:
     # The check above is only worth having if it sees a difference.
     changed = MetaData()
-    table = Base.metadata.tables["studies"].to_metadata(changed)
+    for other in Base.metadata.tables.values():
+        other.to_metadata(changed)
+    table = changed.tables["studies"]
     table.append_column(Column("series_uid", String(64)))
     diffs = _schema_diffs(engine, changed)
     assert [(d[0], d[3].name) for d in diffs] == [("add_column", "series_uid")]
@@ -181,7 +183,7 @@ def test_ingest_many_rows_in_chunks(session: Session) -> None:
 
 
 def _one_per_status(session: Session) -> dict[StudyStatus, int]:
-    repo.ingest_manifest(session, PROJECT, [row(n) for n in range(1, 6)])
+    repo.ingest_manifest(session, PROJECT, [row(n) for n in range(1, len(StudyStatus) + 1)])
     ids = {}
     for study, status in zip(all_studies(session), StudyStatus, strict=True):
         repo.update_study(session, study.id, status=status)
@@ -206,6 +208,8 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "retrieving": 0,
         "exported": 0,
         "not_found": 0,
+        "excluded": 0,
+        "quarantined": 0,
         "failed": 0,
     }
     repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
@@ -216,6 +220,8 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "retrieving": 0,
         "exported": 1,
         "not_found": 0,
+        "excluded": 0,
+        "quarantined": 0,
         "failed": 0,
     }
 
@@ -287,3 +293,16 @@ def test_one_manifest_naming_a_study_by_uid_and_by_accession(session: Session) -
     assert (result.added, result.already_known) == (1, 1)
     [study] = all_studies(session)
     assert study.study_uid == "1.2.9"
+
+
+def test_a_new_key_is_refused_once_the_project_exported_something(session: Session) -> None:
+    repo.check_project_key(session, PROJECT, "fp-original")
+    repo.check_project_key(session, PROJECT, "fp-other")  # nothing exported yet: accepted
+    repo.check_project_key(session, PROJECT, "fp-original")
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    repo.mark_exported(session, all_studies(session)[0].id, 3)
+    with pytest.raises(repo.KeyChanged, match=r"not the one its 1 exported studies"):
+        repo.check_project_key(session, PROJECT, "fp-other")
+    repo.check_project_key(session, PROJECT, "fp-other", force=True)
+    repo.check_project_key(session, PROJECT, "fp-other")  # the forced key is now the key
+    repo.check_project_key(session, "another-project", "fp-original")  # keys are per project
