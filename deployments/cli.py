@@ -27,6 +27,7 @@ from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load
 from pacsflow.errors import ConfigError, ManifestError
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
+from pacsflow.ledger.repository import KeyChanged
 from pacsflow.manifest import read_manifest
 
 app = typer.Typer(
@@ -35,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-DONE = ("exported", "not_found", "failed")
+DONE = ("exported", "not_found", "excluded", "quarantined", "failed")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site configuration file.")]
 
@@ -160,6 +161,11 @@ def run_extract(
             )
     stop_process_receiver()
     state = outcome.get("state")
+    if state is not None and state.is_failed():
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, KeyChanged | ConfigError | ManifestError):
+            console.print(f"[bold red]error:[/] {error}", highlight=False)
+            return 2
     counts = _summary(site, project)
     if state is not None:
         flow_run_id = state.state_details.flow_run_id
@@ -167,7 +173,7 @@ def run_extract(
         console.print(f"Flow run: {ui}/runs/flow-run/{flow_run_id}  ({state.name})")
     dest = site.destinations[project.destination].path
     console.print(f"Exported studies are under {Path(dest).resolve() / project.name}")
-    if counts["failed"] or counts["pending"] or counts["retrieving"]:
+    if any(counts[s] for s in ("failed", "quarantined", "pending", "retrieving")):
         console.print("Some studies did not finish; `pacsflow status` shows why.")
         return 1
     return 0
@@ -180,13 +186,16 @@ def extract(
     config: ConfigOption = Path("pacsflow.yaml"),
     workers: Annotated[int, typer.Option(help="Studies processed at once by this run.")] = 4,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
+    force_key_change: Annotated[
+        bool, typer.Option(help="Accept a new pseudonymisation key for a project with exports.")
+    ] = False,
 ) -> None:
-    """Extract a project's manifest: exit 0 if all ended exported or not found, 1 if any
-    failed, 2 on invalid input."""
+    """Extract a project's manifest: exit 0 if all ended exported, not found or excluded,
+    1 if any failed or was quarantined, 2 on invalid input."""
     site, proj, rows = _load_inputs(config, project, manifest)
     console.print(f"Manifest is valid: {rows} studies.")
     _connect(verbose)
-    raise typer.Exit(run_extract(site, project, proj, manifest, workers))
+    raise typer.Exit(run_extract(site, project, proj, manifest, workers, force_key_change))
 
 
 @app.command()

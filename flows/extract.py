@@ -11,8 +11,9 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.limits import ensure_source_limits
-from flows.runtime import resolve_project, workspace
+from flows.runtime import pseudonymizer, resolve_project, workspace
 from flows.study import process_study
+from pacsflow.config import ProjectConfig
 from pacsflow.errors import PacsflowError
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import read_manifest
@@ -24,6 +25,14 @@ DEFAULT_WORKERS = 4
 
 class StudiesFailed(PacsflowError):
     """Some studies failed; their reasons are in the ledger (``pacsflow status``)."""
+
+
+@task(task_run_name="check-project-key")
+def check_project_key(site: str, project: ProjectConfig, force_key_change: bool) -> None:
+    """Refuse a changed pseudonymisation key once the project has exported studies."""
+    fingerprint = pseudonymizer(project).hash_text("pacsflow key fingerprint", "fingerprint")
+    with workspace(site).sessions() as session:
+        repo.check_project_key(session, project.name, fingerprint, force=force_key_change)
 
 
 @task(task_run_name="ingest-manifest")
@@ -46,7 +55,9 @@ def _run_name() -> str:
     flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS),
 )
-def extract_project(project: str, manifest: str, site: str = "default") -> dict[str, int]:
+def extract_project(
+    project: str, manifest: str, site: str = "default", force_key_change: bool = False
+) -> dict[str, int]:
     """Ingest ``manifest`` for ``project``, then process every study not yet done.
 
     ``project`` is a project file or a slug (``projects/<slug>.yaml``); ``site`` names
@@ -57,6 +68,7 @@ def extract_project(project: str, manifest: str, site: str = "default") -> dict[
     config = resolve_project(project)
     ws = workspace(site)
     config.check_against(ws.site)
+    check_project_key(site, config, force_key_change)
     ingested = ingest_manifest(site, config.name, manifest)
     logger.info("manifest: %(rows)s studies, %(added)s new", ingested)
     ensure_source_limits(ws.site, config.sources)

@@ -33,11 +33,16 @@ def workspace(site_block: str) -> Workspace:
 
 
 def pseudonymizer(project: ProjectConfig) -> Pseudonymizer:
-    name = project.key_secret_name
+    """The project's pseudonymizer, from its Secret block as it is now.
+
+    The secret is read on every call (a key changed while a worker runs must be seen,
+    so the ledger's key check can refuse it); the object is reused per key.
+    """
+    key = project_key(project.key_secret_name)
     with _lock:
-        if name not in _pseudonymizers:
-            _pseudonymizers[name] = Pseudonymizer.from_hex(project_key(name))
-        return _pseudonymizers[name]
+        if key not in _pseudonymizers:
+            _pseudonymizers[key] = Pseudonymizer.from_hex(key)
+        return _pseudonymizers[key]
 
 
 def resolve_project(project: str) -> ProjectConfig:

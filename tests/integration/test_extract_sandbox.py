@@ -197,3 +197,27 @@ def test_demo_command_shows_both_sources_and_not_found(tmp_path, prefect_api):
     for line in result.stdout.splitlines():
         if "MRN" in line or "ACC0" in line:
             pytest.fail(f"the demo printed an identifier: {line}")
+
+
+def test_a_changed_key_is_refused_after_exports_unless_forced(sandbox, prefect_api):
+    """New pseudonyms would not link to earlier exports: the run stops before any study."""
+    from prefect.blocks.system import Secret
+
+    from blocks.site import save_site
+    from flows.extract import extract_project
+    from pacsflow.deid.pseudonyms import new_key
+
+    site = load_site_config(sandbox.config_path)
+    project = load_project_config(sandbox.project_path)
+    save_site(site)
+    run = {"project": str(sandbox.project_path), "manifest": str(sandbox.manifest_path)}
+    assert extract_project(**run, return_state=True).is_completed()
+
+    Secret(value=new_key()).save(project.key_secret_name, overwrite=True)
+    refused = extract_project(**run, return_state=True)
+    assert refused.is_failed()
+    assert "pseudonymisation key is not the one" in str(refused.result(raise_on_failure=False))
+
+    forced = extract_project(**run, force_key_change=True, return_state=True)
+    assert forced.is_completed(), forced.message
+    assert extract_project(**run, return_state=True).is_completed()
