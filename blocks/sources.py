@@ -29,6 +29,11 @@ class DicomSource(Block):
         default="move", description="C-MOVE into pacsflow's receiver, or C-GET."
     )
     timeout: float = Field(default=60.0, description="Network timeout in seconds.")
+    max_images: int | None = Field(
+        default=None,
+        description="Most instances being retrieved from this source at once, across every "
+        "project, flow run and worker (a Prefect global concurrency limit).",
+    )
     retry_delays: list[float] = Field(
         default=[10.0, 60.0, 180.0],
         description="Seconds before each retry when the source is down or answers badly.",
@@ -47,4 +52,5 @@ class DicomSource(Block):
             retrieve=RetrieveMethod(self.retrieve),
             timeout=self.timeout,
             retry_delays=self.retry_delays,
+            max_images=self.max_images,
         )

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 
 from prefect import flow, task
+from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from flows.limits import source_tag
+from flows.limits import image_limit_name, image_slots, source_tag
 from flows.runtime import pseudonymizer, workspace
 from pacsflow import pipeline
 from pacsflow.config import ProjectConfig
@@ -38,8 +39,18 @@ def find_study(site: str, study_id: int, source_name: str) -> bool:
 
 @task(task_run_name="fetch-study-{study_id}-from-{source_name}", retry_condition_fn=_retriable)
 def fetch_study(site: str, study_id: int, source_name: str) -> int:
-    """C-MOVE or C-GET the located study into staging; returns instances received."""
-    return pipeline.fetch(workspace(site), study_id, source_name)
+    """C-MOVE or C-GET the located study into staging; returns instances received.
+
+    With an image limit on the source, the retrieval first occupies as many slots of
+    it as the study has instances.
+    """
+    ws = workspace(site)
+    max_images = ws.site.sources[source_name].max_images
+    if not max_images:
+        return pipeline.fetch(ws, study_id, source_name)
+    slots = image_slots(pipeline.expected_instances(ws, study_id), max_images)
+    with concurrency(image_limit_name(source_name), occupy=slots, strict=True):
+        return pipeline.fetch(ws, study_id, source_name)
 
 
 @flow(flow_run_name="retrieve-study-{study_id}", log_prints=False)

@@ -45,6 +45,12 @@ class SourceConfig(_Frozen):
         default=RetrieveMethod.MOVE, description="C-MOVE into our receiver, or C-GET."
     )
     timeout: float = Field(default=60.0, gt=0, description="Network timeout in seconds.")
+    max_images: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most instances being retrieved from this source at once, across every "
+        "project, flow run and worker; None sets no image limit.",
+    )
     retry_delays: list[float] = Field(
         default=[10.0, 60.0, 180.0],
         description="Seconds to wait before each retry when the source is down or fails; "

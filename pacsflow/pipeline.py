@@ -76,6 +76,12 @@ def locate(ws: Workspace, study_id: int, source_name: str) -> bool:
     return True
 
 
+def expected_instances(ws: Workspace, study_id: int) -> int | None:
+    """Instances the source announced for the located study (None if it did not say)."""
+    with ws.sessions() as session:
+        return repo.get_study(session, study_id).expected_instances
+
+
 def fetch(ws: Workspace, study_id: int, source_name: str) -> int:
     """Retrieve a located study into raw staging; returns the number of instances held.
 

@@ -221,3 +221,38 @@ def test_a_changed_key_is_refused_after_exports_unless_forced(sandbox, prefect_a
     forced = extract_project(**run, force_key_change=True, return_state=True)
     assert forced.is_completed(), forced.message
     assert extract_project(**run, return_state=True).is_completed()
+
+
+def test_an_image_limit_bounds_retrievals_and_is_released(sandbox, prefect_api, monkeypatch):
+    """With max_images, each fetch holds slots of a global limit; all return at the end."""
+    from prefect.client.orchestration import get_client
+
+    import flows.study
+    from blocks.site import save_site
+    from flows.extract import extract_project
+
+    taken = []
+    real_concurrency = flows.study.concurrency
+
+    def spy(names, occupy=1, **kwargs):
+        taken.append((names, occupy))
+        return real_concurrency(names, occupy=occupy, **kwargs)
+
+    monkeypatch.setattr(flows.study, "concurrency", spy)
+
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["sources"]["primary"]["max_images"] = 8  # studies have 6 instances: one at a time
+    sandbox.config_path.write_text(yaml.safe_dump(data))
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    state = extract_project(
+        project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
+    )
+    assert state.is_completed(), state.message
+    assert state.result()["exported"] == 8 - sandbox.expected["neither"]
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("source-images-primary")
+    assert limit.limit == 8
+    assert limit.active_slots == 0
+    from_primary = sandbox.expected["primary"] + sandbox.expected["both"]
+    assert taken == [("source-images-primary", 6)] * from_primary  # none for the secondary
