@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real servers the integration tests run against (Debian packages):
-# Orthanc + DICOMweb (primary, secondary PACS), dcmtk, PostgreSQL (ledger, Prefect DB).
+# Orthanc + DICOMweb (primary, secondary PACS), dcmtk and dicom3tools (validity checks),
+# PostgreSQL (ledger, Prefect DB).
 # Does nothing when they are present; needs root or sudo when they are not.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/dcmdump ] || need+=(dcmtk)
+[ -x /usr/bin/dciodvfy ] || need+=(dicom3tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 ((${#need[@]})) || exit 0
 
