@@ -27,6 +27,9 @@ NEW_KEY_BYTES = 32
 # 39 digits, so "2.25." + 39 digits = 44 characters (PS3.5 B.2, ISO/IEC 9834-8 UUID-derived).
 _UID_ROOT = "2.25."
 
+MAX_DATE_SHIFT_DAYS = 1095
+"""Largest date shift, in days (about three years). See :meth:`Pseudonymizer.date_shift_days`."""
+
 
 def new_key() -> str:
     """Return a fresh random 32-byte key as hex, for a new project's secrets store."""
@@ -92,3 +95,22 @@ class Pseudonymizer:
             raise ValueError("purpose must not contain NUL characters")
         message = b"text\x00" + purpose.encode("utf-8") + b"\x00" + value.encode("utf-8")
         return _b32(self._mac(message))
+
+    def date_shift_days(self, patient_key: str) -> int:
+        """Return the days to add to every date of one patient: in ``[-1095, -1]``, never 0.
+
+        PS3.15 E.3.6 (Retain Longitudinal Temporal Information with Modified Dates): dates
+        are shifted so that intervals within one patient survive. ``patient_key`` is the
+        MRN (or the source's PatientID), so every study of that patient moves by the same
+        offset, in every run of the project. Shifts go backwards only, so a shifted date is
+        never in the future; the range of three years hides the true date to within that
+        window for anyone without the key. The same key and patient give the same shift;
+        another project's key gives an unrelated one.
+        """
+        if not patient_key:
+            raise ValueError(
+                "patient_key is empty; pass the MRN or PatientID so that all of one "
+                "patient's studies shift by the same number of days"
+            )
+        digest = self._mac(b"date-shift\x00" + patient_key.encode("utf-8"))
+        return -(int.from_bytes(digest[:8], "big") % MAX_DATE_SHIFT_DAYS + 1)
