@@ -119,6 +119,7 @@ def run_extract(
     project: ProjectConfig,
     manifest: Path,
     workers: int | None = None,
+    force_key_change: bool = False,
 ) -> int:
     """Run the flow in this process, show progress from the ledger, return the exit code."""
     from blocks.site import save_site
@@ -135,7 +136,10 @@ def run_extract(
 
     def target() -> None:
         outcome["state"] = flow(
-            project=str(project_file.resolve()), manifest=str(manifest.resolve()), return_state=True
+            project=str(project_file.resolve()),
+            manifest=str(manifest.resolve()),
+            force_key_change=force_key_change,
+            return_state=True,
         )
 
     worker = threading.Thread(target=target, name="pacsflow-flow", daemon=True)

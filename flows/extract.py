@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.limits import ensure_source_limits
-from flows.runtime import pseudonymizer, resolve_project, workspace
+from flows.runtime import profile, pseudonymizer, resolve_project, workspace
 from flows.study import process_study
 from pacsflow.config import ProjectConfig
 from pacsflow.errors import PacsflowError
@@ -27,12 +27,17 @@ class StudiesFailed(PacsflowError):
     """Some studies failed; their reasons are in the ledger (``pacsflow status``)."""
 
 
-@task(task_run_name="check-project-key")
+@task(task_run_name="check-project-key-and-profile")
 def check_project_key(site: str, project: ProjectConfig, force_key_change: bool) -> None:
-    """Refuse a changed pseudonymisation key once the project has exported studies."""
+    """Refuse a changed pseudonymisation key once the project has exported studies.
+
+    Also builds the de-identification profile, so a bad profile file fails the run
+    before any study is touched, and records its fingerprint for audit.
+    """
     fingerprint = pseudonymizer(project).hash_text("pacsflow key fingerprint", "fingerprint")
     with workspace(site).sessions() as session:
         repo.check_project_key(session, project.name, fingerprint, force=force_key_change)
+        repo.record_profile(session, project.name, profile(project).fingerprint)
 
 
 @task(task_run_name="ingest-manifest")

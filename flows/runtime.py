@@ -11,6 +11,7 @@ from pathlib import Path
 from blocks.secrets import project_key
 from blocks.site import load_site
 from pacsflow.config import ProjectConfig, load_project_config
+from pacsflow.deid.profile import Profile, build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.pipeline import Workspace
@@ -18,6 +19,7 @@ from pacsflow.pipeline import Workspace
 _lock = threading.Lock()
 _workspaces: dict[str, Workspace] = {}
 _pseudonymizers: dict[str, Pseudonymizer] = {}
+_profiles: dict[tuple, Profile] = {}
 
 
 def workspace(site_block: str) -> Workspace:
@@ -43,6 +45,17 @@ def pseudonymizer(project: ProjectConfig) -> Pseudonymizer:
         if key not in _pseudonymizers:
             _pseudonymizers[key] = Pseudonymizer.from_hex(key)
         return _pseudonymizers[key]
+
+
+def profile(project: ProjectConfig) -> Profile:
+    """The project's de-identification profile, rebuilt when a profile file changes."""
+    files = project.resolved_profile_files
+    stamps = tuple((str(f), f.stat().st_mtime_ns if f.exists() else 0) for f in files)
+    key = (project.profile, tuple(project.profile_options), stamps)
+    with _lock:
+        if key not in _profiles:
+            _profiles[key] = build_profile(project.profile, project.profile_options, files)
+        return _profiles[key]
 
 
 def resolve_project(project: str) -> ProjectConfig:

@@ -15,7 +15,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from flows.limits import image_limit_name, image_slots, source_tag
-from flows.runtime import pseudonymizer, workspace
+from flows.runtime import profile, pseudonymizer, workspace
 from pacsflow import pipeline
 from pacsflow.config import ProjectConfig
 from pacsflow.errors import RetriableError
@@ -83,10 +83,10 @@ def retrieve_study(site: str, study_id: int, sources: list[str]) -> str | None:
     retry_delay_seconds=10,
     retry_condition_fn=_retriable,
 )
-def deidentify_and_export(site: str, study_id: int, project: ProjectConfig) -> int:
-    """De-identify the staged study with the project's key and export it."""
+def deidentify_and_export(site: str, study_id: int, project: ProjectConfig) -> str:
+    """Filter, de-identify, PHI-check and export the staged study; returns its status."""
     return pipeline.deidentify_and_export(
-        workspace(site), study_id, project, pseudonymizer(project)
+        workspace(site), study_id, project, pseudonymizer(project), profile(project)
     )
 
 
@@ -111,8 +111,7 @@ def process_study(site: str, project: ProjectConfig, study_id: int, study_ref: s
         if source is None:
             pipeline.record_not_found(ws, study_id)
             return "not_found"
-        deidentify_and_export(site, study_id, project)
-        return "exported"
+        return deidentify_and_export(site, study_id, project)
     except BaseException as exc:
         pipeline.record_failure(ws, study_id, f"{type(exc).__name__}: {exc}")
         raise

@@ -16,7 +16,9 @@ import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacsflow.config import ProjectConfig, RetrieveMethod, SiteConfig
-from pacsflow.deid.deidentify import deidentify_file
+from pacsflow.deid.files import read_instance, write_instance
+from pacsflow.deid.phi_gate import GateResult, find_leaks, identifiers_from
+from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
 from pacsflow.dicom.query import StudyQuery, find_study
@@ -24,6 +26,7 @@ from pacsflow.dicom.receiver import process_receiver
 from pacsflow.dicom.retrieve import get_study, move_study
 from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export import make_destination
+from pacsflow.filters import read_headers, select_instances
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import StudyStatus
 
@@ -114,43 +117,82 @@ def fetch(ws: Workspace, study_id: int, source_name: str) -> int:
     return received
 
 
-def _patient_pseudonym(study, pseudonymizer: Pseudonymizer, first_file: Path) -> str:
-    if study.participant_id:
-        return study.participant_id
-    mrn = study.mrn
-    if not mrn:  # a manifest row with only a study UID: key on the PatientID the source holds
-        mrn = str(pydicom.dcmread(first_file, stop_before_pixels=True).get("PatientID", ""))
-    return pseudonymizer.patient_id(mrn)
+def _patient_key(study, first_file: Path) -> str:
+    """What a patient's pseudonym and date shift are keyed on: the MRN, else the
+    PatientID the source holds (a manifest row with only a study UID)."""
+    if study.mrn:
+        return study.mrn
+    return str(pydicom.dcmread(first_file, stop_before_pixels=True).get("PatientID", ""))
+
+
+def _finish(ws: Workspace, study, status: StudyStatus, reason: str | None, *folders: Path) -> str:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    with ws.sessions() as session:
+        repo.update_study(session, study.id, status=status, last_error=reason)
+    with ws.locks.for_study(study.found_study_uid):
+        storage.clear(storage.study_dir(ws.staging, study.found_study_uid))
+    return status.value
 
 
 def deidentify_and_export(
-    ws: Workspace, study_id: int, project: ProjectConfig, pseudonymizer: Pseudonymizer
-) -> int:
-    """De-identify the staged study and export it; returns instances exported."""
+    ws: Workspace,
+    study_id: int,
+    project: ProjectConfig,
+    pseudonymizer: Pseudonymizer,
+    profile: Profile,
+) -> str:
+    """Filter, de-identify, check and export the staged study; returns its final status.
+
+    Each instance is de-identified in memory and passed through the PHI gate before it
+    is written, so an instance with a leak never reaches a file, let alone the
+    destination. One leak quarantines the whole study, with the attribute paths (never
+    the values) in the ledger. A study whose series are all filtered out is excluded.
+    """
     with ws.sessions() as session:
         study = repo.get_study(session, study_id)
     raw = storage.study_dir(ws.staging, study.found_study_uid)
     files = sorted(raw.glob("*.dcm"))
     if not files:
         raise RetriableError("no retrieved instances in staging; the study will be fetched again")
-    patient = _patient_pseudonym(study, pseudonymizer, files[0])
+    selection = select_instances(read_headers(files), project.modalities, project.filters)
+    if not selection.kept:
+        return _finish(ws, study, StudyStatus.EXCLUDED, selection.summary())
+
+    patient_key = _patient_key(study, files[0])
+    patient = study.participant_id or pseudonymizer.patient_id(patient_key)
+    context = DeidContext.for_patient(pseudonymizer, patient_key, patient)
     pseudo_study = pseudonymizer.uid(study.found_study_uid)
     work = ws.staging / "deid" / study.ref
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    kept = 0
-    for path in files:
-        if project.modalities:
-            modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-            if str(modality.get("Modality", "")).upper() not in project.modalities:
-                continue
-        deidentify_file(path, work / f"{kept:05d}.dcm", pseudonymizer, patient)
-        kept += 1
-    if kept == 0:
-        shutil.rmtree(work, ignore_errors=True)
-        raise PermanentError(
-            f"none of the {len(files)} instances has a modality in {project.modalities}"
+    leaks: set[str] = set()
+    failed_instances = 0
+    for number, path in enumerate(selection.kept):
+        ds = read_instance(path)
+        originals = identifiers_from(ds, mrn=study.mrn, accession=study.accession_number)
+        manufacturer = str(ds.get("Manufacturer", ""))
+        profile.deidentify(ds, context)
+        found = find_leaks(
+            ds,
+            originals,
+            allows=lambda tag, creator, m=manufacturer: profile.allows(tag, creator, m),
         )
+        if found:
+            leaks.update(found)
+            failed_instances += 1
+            continue
+        write_instance(ds, work / f"{number:05d}.dcm")
+    if leaks:
+        result = GateResult(
+            passed=False,
+            paths=tuple(sorted(leaks)),
+            instances=len(selection.kept),
+            failed_instances=failed_instances,
+        )
+        LOGGER.warning("study %s quarantined by the PHI gate", study_id)
+        return _finish(ws, study, StudyStatus.QUARANTINED, result.summary(), work)
+
     destination = make_destination(ws.site.destinations[project.destination])
     receipt = destination.export(work, project.name, patient, pseudo_study)
     with ws.sessions() as session:
@@ -161,7 +203,7 @@ def deidentify_and_export(
     shutil.rmtree(work, ignore_errors=True)
     with ws.locks.for_study(study.found_study_uid):
         storage.clear(raw)
-    return receipt.instances
+    return StudyStatus.EXPORTED.value
 
 
 def record_not_found(ws: Workspace, study_id: int) -> None:

@@ -199,3 +199,11 @@ def check_project_key(
         )
     row.key_fingerprint = fingerprint
     session.commit()
+
+
+def record_profile(session: Session, project: str, fingerprint: str) -> None:
+    """Remember which de-identification profile the project's latest run used."""
+    row = session.get(Project, project) or Project(name=project)
+    row.profile_fingerprint = fingerprint
+    session.add(row)
+    session.commit()

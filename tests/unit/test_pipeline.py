@@ -25,6 +25,7 @@ from pacsflow.config import (
     SiteConfig,
     SourceConfig,
 )
+from pacsflow.deid.profile import build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
 from pacsflow.dicom.query import StudyQuery, find_study
@@ -45,6 +46,7 @@ from pacsflow.sandbox import FakePatient, SandboxPacs, make_patients, make_study
 
 PROJECT = ProjectConfig(name="my-study", sources=["primary", "secondary"], destination="local")
 PSEUDONYMIZER = Pseudonymizer(bytes(range(32)))
+BASIC = build_profile("basic")
 DATE = dt.date(2024, 3, 5)
 
 
@@ -257,7 +259,7 @@ def test_deidentify_and_export(ws: Workspace, site: SiteConfig) -> None:
     assert locate(ws, study_id, "primary")
     fetch(ws, study_id, "primary")
 
-    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER) == 4
+    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
 
     original = IN_PRIMARY[0]
     pseudo_patient = PSEUDONYMIZER.patient_id(str(original.PatientID))
@@ -313,23 +315,48 @@ def test_participant_id_is_the_patient_pseudonym(ws: Workspace, site: SiteConfig
         [(study_id, _ref)] = repo.studies_to_process(session, PROJECT.name)
     assert locate(ws, study_id, "secondary")
     fetch(ws, study_id, "secondary")
-    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER) == 3
+    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
+    assert ledger_row(ws, study_id).exported_instances == 3
     folder = site.destinations["local"].path / PROJECT.name / "P0042"
     [study_folder] = list(folder.iterdir())
     assert all(pydicom.dcmread(p).PatientID == "P0042" for p in study_folder.glob("*.dcm"))
 
 
-def test_modality_filter_keeping_nothing_is_permanent(ws: Workspace) -> None:
+def test_a_study_whose_series_are_all_filtered_out_is_excluded(ws: Workspace) -> None:
     study_id = add_study(ws, IN_SECONDARY)
     assert locate(ws, study_id, "secondary")
     fetch(ws, study_id, "secondary")
     ct_only = PROJECT.model_copy(update={"modalities": ["CT"]})
-    with pytest.raises(PermanentError, match=r"none of the 3 instances has a modality in \['CT'\]"):
-        deidentify_and_export(ws, study_id, ct_only, PSEUDONYMIZER)
+    assert deidentify_and_export(ws, study_id, ct_only, PSEUDONYMIZER, BASIC) == "excluded"
     study = ledger_row(ws, study_id)
-    assert study.status != StudyStatus.EXPORTED
+    assert study.status == StudyStatus.EXCLUDED
+    assert study.last_error == "kept 0 of 1 series; dropped: 1 by modality"
     assert not (ws.staging / "deid" / study.ref).exists()
+    assert not storage.study_dir(ws.staging, study.found_study_uid).exists()
     assert not (ws.site.destinations["local"].path / PROJECT.name).exists()
+
+
+def test_the_phi_gate_quarantines_a_planted_leak(ws: Workspace, tmp_path: Path) -> None:
+    """A profile that keeps a description holding the patient's name must not export."""
+    leaky = tmp_path / "leaky.yaml"
+    leaky.write_text("tags:\n  - {keyword: StudyDescription, op: keep}\n")
+    profile = build_profile("basic", [], [leaky])
+    study_id = add_study(ws, IN_PRIMARY)
+    assert PATIENTS[0].family_name in str(IN_PRIMARY[0].StudyDescription)  # the plant
+    assert locate(ws, study_id, "primary")
+    fetch(ws, study_id, "primary")
+
+    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, profile) == "quarantined"
+    study = ledger_row(ws, study_id)
+    assert study.status == StudyStatus.QUARANTINED
+    assert "StudyDescription" in study.last_error
+    assert PATIENTS[0].family_name not in study.last_error  # paths, never values
+    assert not (ws.site.destinations["local"].path / PROJECT.name).exists()
+    assert not (ws.staging / "deid" / study.ref).exists()
+    # The same study with the basic profile is clean and exported.
+    begin(ws, study_id)
+    fetch(ws, study_id, "primary")
+    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
 
 
 def test_record_not_found(ws: Workspace) -> None:
