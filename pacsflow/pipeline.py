@@ -168,6 +168,14 @@ def deidentify_and_export(
     work.mkdir(parents=True)
     leaks: set[str] = set()
     failed_instances = 0
+    allowed: dict[tuple[int, str | None, str], bool] = {}  # the same for every instance
+
+    def allows(tag: int, creator: str | None, manufacturer: str) -> bool:
+        key = (int(tag), creator, manufacturer)
+        if key not in allowed:
+            allowed[key] = profile.allows(tag, creator, manufacturer)
+        return allowed[key]
+
     for number, path in enumerate(selection.kept):
         ds = read_instance(path)
         originals = identifiers_from(ds, mrn=study.mrn, accession=study.accession_number)
@@ -176,7 +184,7 @@ def deidentify_and_export(
         found = find_leaks(
             ds,
             originals,
-            allows=lambda tag, creator, m=manufacturer: profile.allows(tag, creator, m),
+            allows=lambda tag, creator, m=manufacturer: allows(tag, creator, m),
         )
         if found:
             leaks.update(found)
