@@ -240,6 +240,27 @@ def status(
         console.print(f"  study {study_id}: {reason}", highlight=False)
 
 
+@app.command()
+def requeue(
+    project: Annotated[str, typer.Option(help="Project slug.")],
+    status: Annotated[str, typer.Option(help="not_found, excluded or quarantined.")],
+    config: ConfigOption = Path("pacsflow.yaml"),
+) -> None:
+    """Send a project's not-found, excluded or quarantined studies back to the queue."""
+    from pacsflow.ledger.models import StudyStatus
+
+    try:
+        site = load_site_config(config)
+        wanted = StudyStatus(status)
+        engine = make_engine(site.ledger)
+        migrate(engine)
+        with session_factory(engine)() as session:
+            count = repo.requeue(session, project, wanted)
+    except (ConfigError, ValueError) as exc:
+        raise _fail_input(str(exc)) from None
+    console.print(f"{count} {status} studies of {project} are pending again; run extract.")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -207,3 +207,28 @@ def record_profile(session: Session, project: str, fingerprint: str) -> None:
     row.profile_fingerprint = fingerprint
     session.add(row)
     session.commit()
+
+
+#: Final statuses a user may send back to the queue (exported never: it is done).
+REQUEUEABLE = (StudyStatus.NOT_FOUND, StudyStatus.EXCLUDED, StudyStatus.QUARANTINED)
+
+
+def requeue(session: Session, project: str, status: StudyStatus) -> int:
+    """Set the project's studies in ``status`` back to pending; returns how many.
+
+    For a quarantined study after its profile was fixed, a not-found one that may since
+    have reached the PACS, or an excluded one after the filters changed.
+    """
+    if status not in REQUEUEABLE:
+        raise ValueError(
+            f"status {status.value!r} cannot be re-queued; choose one of "
+            f"{[s.value for s in REQUEUEABLE]}"
+        )
+    studies = session.scalars(
+        select(Study).where(Study.project == project, Study.status == status)
+    ).all()
+    for study in studies:
+        study.status = StudyStatus.PENDING
+        study.last_error = None
+    session.commit()
+    return len(studies)

@@ -104,3 +104,12 @@ def test_status_json_reports_counts_without_identifiers(tmp_path):
         {"id": 1, "reason": "SourceUnavailable: source VNA refused the association"}
     ]
     assert "MRN0012345" not in result.output and "ACC777" not in result.output
+
+
+def test_requeue_refuses_exported_with_exit_2(tmp_path):
+    config = _write_site(tmp_path)
+    result = runner.invoke(
+        app, ["requeue", "--project", "p1", "--status", "exported", "--config", str(config)]
+    )
+    assert result.exit_code == 2
+    assert "cannot be re-queued" in result.output

@@ -306,3 +306,14 @@ def test_a_new_key_is_refused_once_the_project_exported_something(session: Sessi
     repo.check_project_key(session, PROJECT, "fp-other", force=True)
     repo.check_project_key(session, PROJECT, "fp-other")  # the forced key is now the key
     repo.check_project_key(session, "another-project", "fp-original")  # keys are per project
+
+
+def test_requeue_sends_final_studies_back_but_never_exported_ones(session: Session) -> None:
+    ids = _one_per_status(session)
+    assert repo.requeue(session, PROJECT, StudyStatus.QUARANTINED) == 1
+    assert repo.get_study(session, ids[StudyStatus.QUARANTINED]).status == StudyStatus.PENDING
+    todo = [study_id for study_id, _ in repo.studies_to_process(session, PROJECT)]
+    assert ids[StudyStatus.QUARANTINED] in todo
+    assert repo.requeue(session, PROJECT, StudyStatus.QUARANTINED) == 0
+    with pytest.raises(ValueError, match="'exported' cannot be re-queued"):
+        repo.requeue(session, PROJECT, StudyStatus.EXPORTED)
