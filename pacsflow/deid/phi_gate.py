@@ -59,11 +59,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+
+from pacsflow.deid.dictionary import dictionary_vr
 
 __all__ = [
     "MIN_ID_LENGTH",
@@ -208,19 +210,11 @@ def _is_bulk(tag: int) -> bool:
     return tag in _BULK_TAGS or tag & _OVERLAY_DATA_MASK == _OVERLAY_DATA
 
 
-@lru_cache(maxsize=4096)
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-
-
 def _raw_vr(ds: Dataset, tag: int) -> str:
     """VR of an element without decoding it; "UN" when unknown (implicit VR, private)."""
     vr = ds.get_item(tag).VR
     if vr is None or vr == "UN":
-        return _dictionary_vr(tag)
+        return dictionary_vr(tag)
     return vr
 
 
@@ -672,7 +666,7 @@ def _walk(
         elem = ds.get_item(tag, keep_deferred=True)
         vr = elem.VR
         if vr is None or vr == "UN":  # implicit VR, or unknown to the writer
-            vr = _dictionary_vr(t)  # still "UN" for private tags: pydicom decides below
+            vr = dictionary_vr(t)  # still "UN" for private tags: pydicom decides below
         if vr not in _TEXT_VRS and vr not in _BINARY_VRS and vr != "SQ":
             continue  # numbers, not text (or an ambiguous "US or SS")
         leaked = False

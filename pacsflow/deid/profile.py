@@ -33,7 +33,7 @@ from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -51,6 +51,7 @@ from pacsflow.deid.basic_profile import (
 )
 from pacsflow.deid.clean import IdentifierPattern
 from pacsflow.deid.dates import shift_value
+from pacsflow.deid.dictionary import dictionary_vr
 from pacsflow.deid.options import BASIC_PROFILE_CODE, OPTION_CODES, option_rules
 from pacsflow.deid.profile_file import (
     ENGINE_TAGS,
@@ -204,15 +205,6 @@ def check_profile(name: str) -> None:
 
 
 @lru_cache(maxsize=4096)
-def _dictionary_vr(tag: int) -> str:
-    """The VR the data dictionary gives ``tag``, or "UN" for a tag it does not know."""
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-
-
-@lru_cache(maxsize=4096)
 def _hash_purpose(tag: int) -> str:
     return keyword_for_tag(tag) or f"{tag:08X}"
 
@@ -223,7 +215,7 @@ def _vr_of(ds: Dataset, tag: int) -> str:
     if vr is None or vr == "UN":
         # Implicit VR, or explicit UN written by a system that did not know the tag:
         # pydicom decodes it with the dictionary VR (config replace_un_with_known_vr).
-        return _dictionary_vr(tag)
+        return dictionary_vr(tag)
     return vr
 
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_dict, keyword_for_tag, tag_for_keyword
 
+from pacsflow.deid.dictionary import dictionary_vr
 from pacsflow.deid.rules import ACCEPTED_VRS, Operation, PrivateKey, Rule
 from pacsflow.errors import ConfigError
 
@@ -67,13 +68,6 @@ def parse_tag(text: str) -> int:
     if not match:
         raise ValueError(f'tag {text!r} is not of the form "(gggg,eeee)", e.g. "(0018,1030)"')
     return int(match[1], 16) << 16 | int(match[2], 16)
-
-
-def _dictionary_vr(tag: int) -> str | None:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return None
 
 
 def _int_or_hex(value: object) -> object:
@@ -159,9 +153,9 @@ class TagEntry(_Frozen):
                 f"{keyword_for_tag(tag)} is set by pacsflow on every instance (the patient "
                 "pseudonym or the de-identification record); remove this entry"
             )
-        vr = _dictionary_vr(tag)
+        vr = dictionary_vr(tag)
         accepted = ACCEPTED_VRS[self.op]
-        if vr is not None and accepted is not None and not set(vr.split(" or ")) & accepted:
+        if vr != "UN" and accepted is not None and not set(vr.split(" or ")) & accepted:
             raise ValueError(
                 f"op {self.op.value} does not apply to {self.label()} (VR {vr}); it applies "
                 f"to VRs {', '.join(sorted(accepted))}"
