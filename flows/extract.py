@@ -10,6 +10,7 @@ from prefect.futures import wait
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.boundary import confined
 from flows.limits import ensure_source_limits
 from flows.runtime import profile, pseudonymizer, resolve_project, workspace
 from flows.study import process_study
@@ -43,9 +44,10 @@ def check_project_key(site: str, project: ProjectConfig, force_key_change: bool)
 @task(task_run_name="ingest-manifest")
 def ingest_manifest(site: str, project_name: str, manifest: str) -> dict[str, int]:
     """Validate the whole manifest, then add new studies to the ledger. Returns counts."""
-    rows = read_manifest(manifest, project_name)
-    with workspace(site).sessions() as session:
-        result = repo.ingest_manifest(session, project_name, rows)
+    with confined("ingest"):
+        rows = read_manifest(manifest, project_name)
+        with workspace(site).sessions() as session:
+            result = repo.ingest_manifest(session, project_name, rows)
     return {"rows": len(rows), "added": result.added, "already_known": result.already_known}
 
 

@@ -8,17 +8,23 @@ them globally. Retries happen here and only here, for :class:`RetriableError`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from prefect import flow, task
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
+from flows.boundary import StudyStepFailed, confined
 from flows.limits import image_limit_name, image_slots, source_tag
 from flows.runtime import profile, pseudonymizer, workspace
 from pacsflow import pipeline
 from pacsflow.config import ProjectConfig
 from pacsflow.errors import RetriableError
+
+
+def _recorder(ws: pipeline.Workspace, study_id: int) -> Callable[[str], None]:
+    return lambda reason: pipeline.record_failure(ws, study_id, reason)
 
 
 def _retriable(task, task_run, state) -> bool:
@@ -34,7 +40,9 @@ def _retriable(task, task_run, state) -> bool:
 @task(task_run_name="find-study-{study_id}-at-{source_name}", retry_condition_fn=_retriable)
 def find_study(site: str, study_id: int, source_name: str) -> bool:
     """C-FIND one source; True when the study is there."""
-    return pipeline.locate(workspace(site), study_id, source_name)
+    ws = workspace(site)
+    with confined("find", _recorder(ws, study_id)):
+        return pipeline.locate(ws, study_id, source_name)
 
 
 @task(task_run_name="fetch-study-{study_id}-from-{source_name}", retry_condition_fn=_retriable)
@@ -46,11 +54,12 @@ def fetch_study(site: str, study_id: int, source_name: str) -> int:
     """
     ws = workspace(site)
     max_images = ws.site.sources[source_name].max_images
-    if not max_images:
-        return pipeline.fetch(ws, study_id, source_name)
-    slots = image_slots(pipeline.expected_instances(ws, study_id), max_images)
-    with concurrency(image_limit_name(source_name), occupy=slots, strict=True):
-        return pipeline.fetch(ws, study_id, source_name)
+    with confined("fetch", _recorder(ws, study_id)):
+        if not max_images:
+            return pipeline.fetch(ws, study_id, source_name)
+        slots = image_slots(pipeline.expected_instances(ws, study_id), max_images)
+        with concurrency(image_limit_name(source_name), occupy=slots, strict=True):
+            return pipeline.fetch(ws, study_id, source_name)
 
 
 @flow(flow_run_name="retrieve-study-{study_id}", log_prints=False)
@@ -85,9 +94,11 @@ def retrieve_study(site: str, study_id: int, sources: list[str]) -> str | None:
 )
 def deidentify_and_export(site: str, study_id: int, project: ProjectConfig) -> str:
     """Filter, de-identify, PHI-check and export the staged study; returns its status."""
-    return pipeline.deidentify_and_export(
-        workspace(site), study_id, project, pseudonymizer(project), profile(project)
-    )
+    ws = workspace(site)
+    with confined("de-identify and export", _recorder(ws, study_id)):
+        return pipeline.deidentify_and_export(
+            ws, study_id, project, pseudonymizer(project), profile(project)
+        )
 
 
 def study_cache_key(context: TaskRunContext, parameters: dict) -> str:
@@ -104,14 +115,17 @@ def process_study(site: str, project: ProjectConfig, study_id: int, study_ref: s
     fails alone and is not cached; the other studies go on.
     """
     ws = workspace(site)
-    if not pipeline.begin(ws, study_id):
-        return "exported"
     try:
-        source = retrieve_study(site, study_id, project.sources)
-        if source is None:
-            pipeline.record_not_found(ws, study_id)
-            return "not_found"
-        return deidentify_and_export(site, study_id, project)
-    except BaseException as exc:
+        with confined("process", _recorder(ws, study_id)):
+            if not pipeline.begin(ws, study_id):
+                return "exported"
+            source = retrieve_study(site, study_id, project.sources)
+            if source is None:
+                pipeline.record_not_found(ws, study_id)
+                return "not_found"
+            return deidentify_and_export(site, study_id, project)
+    except StudyStepFailed:
+        raise  # the full reason is already in the ledger
+    except BaseException as exc:  # our own errors: written without identifiers
         pipeline.record_failure(ws, study_id, f"{type(exc).__name__}: {exc}")
         raise

@@ -9,6 +9,8 @@ Two shapes are accepted as they are:
 
 The whole file is checked before anything is returned: every problem is reported with
 its row number (1 is the first data row) and column, so a bad manifest changes nothing.
+Messages never quote a cell's value: they can reach Prefect's logs when a deployment
+ingests a manifest, and a cell may hold an identifier.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _parse_date(text: str) -> dt.date:
             return dt.datetime.strptime(text, fmt).date()
         except ValueError:
             continue
-    raise ValueError(f"{text!r} is not a date; write YYYY-MM-DD (e.g. 2024-03-01)")
+    raise ValueError("not a date; write YYYY-MM-DD (e.g. 2024-03-01)")
 
 
 def read_manifest(path: str | Path, project: str) -> list[ManifestRow]:
@@ -140,7 +142,10 @@ def read_manifest(path: str | Path, project: str) -> list[ManifestRow]:
             )
         uid = cells.get("study_uid")
         if uid is not None and (len(uid) > 64 or not _UID.match(uid)):
-            problems.append(f"row {number}, column study_uid: {uid!r} is not a valid DICOM UID")
+            problems.append(
+                f"row {number}, column study_uid: not a valid DICOM UID (digits and dots, "
+                "no leading zeros, at most 64 characters)"
+            )
         if uid is None and not (cells.get("mrn") and cells.get("accession_number")):
             absent = [c for c in ("mrn", "accession_number") if not cells.get(c)]
             problems.append(

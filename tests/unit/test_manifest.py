@@ -216,11 +216,12 @@ def test_bad_date_names_row_and_column(tmp_path: Path, bad: str) -> None:
         tmp_path,
         f"mrn,accession_number,study_date\nMRN001,ACC001,2024-03-01\nMRN002,ACC002,{bad}\n",
     )
-    with pytest.raises(ManifestError, match=r"row 2, column study_date: .* is not a date") as info:
+    with pytest.raises(ManifestError, match=r"row 2, column study_date: not a date") as info:
         read_manifest(path, "my-study")
     assert info.value.problems == [
-        f"row 2, column study_date: {bad!r} is not a date; write YYYY-MM-DD (e.g. 2024-03-01)"
+        "row 2, column study_date: not a date; write YYYY-MM-DD (e.g. 2024-03-01)"
     ]
+    assert bad not in str(info.value)  # cell values never appear: they may be identifiers
 
 
 def test_empty_date_is_an_error(tmp_path: Path) -> None:
@@ -231,7 +232,10 @@ def test_empty_date_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["1.2.03.4", "1.2.abc", "1..2", "1.2.3.", "1." + "2" * 64])
 def test_invalid_study_uid(tmp_path: Path, bad: str) -> None:
     path = write(tmp_path, f"study_uid,study_date\n{UID_A},2024-03-01\n{bad},2024-03-01\n")
-    assert problems_of(path) == [f"row 2, column study_uid: {bad!r} is not a valid DICOM UID"]
+    assert problems_of(path) == [
+        "row 2, column study_uid: not a valid DICOM UID (digits and dots, no leading zeros, "
+        "at most 64 characters)"
+    ]
 
 
 def test_another_projects_row_is_refused(tmp_path: Path) -> None:

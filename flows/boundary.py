@@ -1,0 +1,35 @@
+"""The boundary between study processing and Prefect, where patient data must stop.
+
+Our own errors (:class:`PacsflowError`) are written without identifiers. Other
+libraries' are not: a pydicom error can quote a patient's name, and a SQLAlchemy error
+quotes its SQL parameters, an MRN among them. Prefect logs a failed task's exception and
+may persist it, so such an exception is recorded in full in the ledger only and replaced
+by one that names the step and the exception type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from pacsflow.errors import PacsflowError, PermanentError
+
+
+class StudyStepFailed(PermanentError):
+    """A library failed inside a study step; the details are in the ledger."""
+
+
+@contextmanager
+def confined(step: str, record: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Let PacsflowErrors through; record any other exception and raise a clean one."""
+    try:
+        yield
+    except PacsflowError:
+        raise
+    except Exception as exc:
+        if record is not None:
+            record(f"{step}: {type(exc).__name__}: {exc}")
+        raise StudyStepFailed(
+            f"{step} failed with {type(exc).__name__}; the reason is in the ledger "
+            "(`pacsflow status`)"
+        ) from None
