@@ -26,8 +26,9 @@ test: $(BIN)/.installed system-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed system-deps
 	$(BIN)/python -m bench.deidentify
+	$(BIN)/python -m bench.source_limits
 
 clean:
 	rm -rf $(VENV) .pacsflow
