@@ -36,10 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
@@ -129,8 +129,173 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# -- shared start/stop plumbing -----------------------------------------------------
+
+_Server = TypeVar("_Server")
+
+
+def _spawn(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str], log_path: Path, **popen: Any
+) -> subprocess.Popen:
+    """Start a server in the background, its stdout and stderr appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            **popen,
+        )
+
+
+def _log_size(path: Path) -> int:
+    """Where the next start attempt's output will begin in ``path``."""
+    return path.stat().st_size if path.exists() else 0
+
+
+def _log_mentions(path: Path, offset: int, *needles: str) -> bool:
+    """Whether the log written since ``offset`` contains one of ``needles``."""
+    text = path.read_text(errors="replace")[offset:]
+    return any(needle in text for needle in needles)
+
+
+def _wait_until_ready(
+    process: subprocess.Popen,
+    probe: Callable[[], str | None],
+    *,
+    timeout: float,
+    interval: float,
+    stop: Callable[[], None],
+    error_cls: type[Exception],
+    describe: str,
+    log_path: Path,
+) -> int | None:
+    """None once ``probe()`` says ready; the exit status if ``process`` died first.
+
+    ``probe`` returns None when the server is ready, else why not ("" for no detail, shown
+    as ``(last error: ...)`` otherwise). On timeout, ``stop()`` runs and ``error_cls`` is
+    raised with ``describe``, the last reason and the log tail; on any other exception
+    (Ctrl-C included) ``stop()`` runs and the exception propagates.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    try:
+        while time.monotonic() < deadline:
+            status = process.poll()
+            if status is not None:
+                return status
+            reason = probe()
+            if reason is None:
+                return None
+            last = reason
+            time.sleep(interval)
+    except BaseException:
+        stop()
+        raise
+    stop()
+    detail = f" (last error: {last})" if last else ""
+    raise error_cls(f"{describe} within {timeout} s{detail}; log tail:\n{log_tail(log_path)}")
+
+
+def _wait_http_ready(
+    url: str,
+    process: subprocess.Popen,
+    timeout: float,
+    stop: Callable[[], None],
+    error_cls: type[Exception],
+    describe: str,
+    *,
+    log_path: Path,
+    interval: float,
+) -> int | None:
+    """:func:`_wait_until_ready` with "``GET url`` answers 2xx/3xx" as the probe."""
+
+    def probe() -> str | None:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return None
+        except requests.RequestException:
+            pass
+        return ""
+
+    return _wait_until_ready(
+        process,
+        probe,
+        timeout=timeout,
+        interval=interval,
+        stop=stop,
+        error_cls=error_cls,
+        describe=describe,
+        log_path=log_path,
+    )
+
+
+def _start_with_retries(
+    launch: Callable[[], tuple[_Server, int | None, str | None]],
+    *,
+    attempts: int,
+    what: str,
+    error_cls: type[Exception],
+    log_path: Path,
+) -> _Server:
+    """Call ``launch`` until a server is ready, retrying only when its port was taken.
+
+    ``launch()`` starts one server on fresh ports and waits for it: it returns the server,
+    None or the exit status, and (for an exit) a note such as ``"exit 1 (port 5 in use)"``
+    when the exit was a lost port race, else None. Another process may grab a port between
+    :func:`free_port` and the server's bind, hence the retries.
+    """
+    last_error = ""
+    for _attempt in range(attempts):
+        server, status, port_race = launch()
+        if status is None:
+            return server
+        if port_race is None:
+            raise error_cls(
+                f"{what} exited with status {status} during start-up; log tail:\n"
+                f"{log_tail(log_path)}"
+            )
+        last_error = port_race
+    raise error_cls(
+        f"{what} did not start after {attempts} attempts ({last_error}); log tail:\n"
+        f"{log_tail(log_path)}"
+    )
+
+
+def _wait_gone(
+    alive: Callable[[], bool],
+    deadline: float,
+    *,
+    process: subprocess.Popen | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Until ``deadline``, wait for ``alive()`` to turn false (blocking in ``process.wait``
+    when a process is given, else polling every ``interval`` seconds)."""
+    while alive() and time.monotonic() < deadline:
+        if process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+        else:
+            time.sleep(interval)
+
+
+class _ProcessHandle:
+    """``is_running`` for the server dataclasses below (they define ``pid``, ``_process``)."""
+
+    pid: int
+    _process: subprocess.Popen | None
+
+    def is_running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return _pid_alive(self.pid)
+
+
 @dataclass
-class OrthancServer:
+class OrthancServer(_ProcessHandle):
     """A running Orthanc process started by :func:`start_orthanc`."""
 
     aet: str
@@ -198,11 +363,6 @@ class OrthancServer:
         return self.get("/studies?expand")
 
     # -- lifecycle ----------------------------------------------------------------
-    def is_running(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return _pid_alive(self.pid)
-
     def terminate(self) -> None:
         """Send SIGTERM (no wait); see :meth:`wait_stopped`."""
         with contextlib.suppress(ProcessLookupError):
@@ -211,22 +371,14 @@ class OrthancServer:
 
     def wait_stopped(self, timeout: float = 15) -> None:
         """Wait until the process has exited; SIGKILL it after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.is_running() and time.monotonic() < deadline:
-            if self._process is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._process.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
-            else:
-                time.sleep(0.05)
+        _wait_gone(self.is_running, time.monotonic() + timeout, process=self._process)
         if self.is_running():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             if self._process is not None:
                 self._process.wait(timeout=10)
             else:
-                kill_deadline = time.monotonic() + 10
-                while _pid_alive(self.pid) and time.monotonic() < kill_deadline:
-                    time.sleep(0.05)
+                _wait_gone(lambda: _pid_alive(self.pid), time.monotonic() + 10)
         elif self._process is not None:
             self._process.wait()  # reap
 
@@ -345,27 +497,23 @@ def start_orthanc(
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TCP_NODELAY": "1"}
-    last_error = ""
-    for _attempt in range(attempts):
+    config_path = workdir / "config.json"
+    log_path = workdir / "orthanc.log"
+
+    def launch() -> tuple[OrthancServer, int | None, str | None]:
         dicom_port = free_port()
         http_port = free_port()
         while http_port == dicom_port:
             http_port = free_port()
         config = orthanc_config(workdir, aet, dicom_port, http_port, modalities, extra_config)
-        config_path = workdir / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
-        log_path = workdir / "orthanc.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [binary, str(config_path)],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
-            )
+        process = _spawn(
+            [binary, str(config_path)],
+            cwd=workdir,
+            env=env,
+            log_path=log_path,
+            preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+        )
         server = OrthancServer(
             aet=aet,
             dicom_port=dicom_port,
@@ -374,45 +522,25 @@ def start_orthanc(
             workdir=workdir,
             _process=process,
         )
-        try:
-            status = _wait_ready(server, process, timeout)
-        except BaseException:
-            server.stop()
-            raise
-        if status is None:
-            return server
-        if status == ORTHANC_EXIT_PORT_IN_USE:
-            last_error = f"exit {status} (port in use?)"
-            continue
-        raise OrthancStartError(
-            f"Orthanc exited with status {status} during start-up; log tail:\n{log_tail(log_path)}"
-        )
-    raise OrthancStartError(
-        f"Orthanc did not start after {attempts} attempts ({last_error}); log tail:\n"
-        f"{log_tail(workdir / 'orthanc.log')}"
-    )
-
-
-def _wait_ready(server: OrthancServer, process: subprocess.Popen, timeout: float) -> int | None:
-    """None once ready; the exit status if the process died; raises on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = process.poll()
-        if status is not None:
-            return status
         # Orthanc starts its DICOM server before its HTTP server (see its log), so an
         # answering REST API means the DICOM port is listening too: no need to probe it
         # with a bare TCP connect, which Orthanc would log as a failed association.
-        try:
-            if requests.get(server.base_url + "/system", timeout=2).ok:
-                return None
-        except requests.RequestException:
-            pass
-        time.sleep(0.02)
-    server.stop()
-    raise OrthancStartError(
-        f"Orthanc (pid {server.pid}) did not answer on {server.base_url}/system and DICOM port "
-        f"{server.dicom_port} within {timeout} s; log tail:\n{log_tail(server.log_path)}"
+        status = _wait_http_ready(
+            server.base_url + "/system",
+            process,
+            timeout,
+            server.stop,
+            OrthancStartError,
+            f"Orthanc (pid {server.pid}) did not answer on {server.base_url}/system and DICOM "
+            f"port {server.dicom_port}",
+            log_path=log_path,
+            interval=0.02,
+        )
+        in_use = status == ORTHANC_EXIT_PORT_IN_USE
+        return server, status, f"exit {status} (port in use?)" if in_use else None
+
+    return _start_with_retries(
+        launch, attempts=attempts, what="Orthanc", error_cls=OrthancStartError, log_path=log_path
     )
 
 
@@ -532,7 +660,7 @@ def _remove_stale_postgres_dirs(tmpdir: Path) -> None:
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(_ProcessHandle):
     """A running ``postgres`` started by :func:`start_postgres` (trust auth, loopback only).
 
     ``datadir`` and ``socket_dir`` live under ``rootdir``, a fresh directory in the system
@@ -594,11 +722,6 @@ class PostgresServer:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     # -- lifecycle ----------------------------------------------------------------
-    def is_running(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return _pid_alive(self.pid)
-
     def terminate(self) -> None:
         """Ask for a *fast* shutdown (SIGINT; no wait), see :meth:`wait_stopped`.
 
@@ -612,16 +735,12 @@ class PostgresServer:
 
     def wait_stopped(self, timeout: float = 15) -> None:
         """Wait for the postmaster to exit; SIGKILL its process group after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while self.is_running() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_gone(self.is_running, time.monotonic() + timeout, interval=0.02)
         if self.is_running():
             # The postmaster leads its own session (start_new_session): kill the backends too.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            kill_deadline = time.monotonic() + 10
-            while self.is_running() and time.monotonic() < kill_deadline:
-                time.sleep(0.02)
+            _wait_gone(self.is_running, time.monotonic() + 10, interval=0.02)
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=1)  # reap
@@ -743,38 +862,35 @@ def _start_postmaster(
     attempts: int,
 ) -> PostgresServer:
     log_path = workdir / "postgres.log"
-    last_error = ""
-    for _attempt in range(attempts):
+
+    def launch() -> tuple[PostgresServer, int | None, str | None]:
         port = free_port()
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [
-                    str(bindir / "postgres"),
-                    "-D",
-                    str(datadir),
-                    "-p",
-                    str(port),
-                    "-k",
-                    str(socket_dir),
-                    "-c",
-                    f"listen_addresses={LOOPBACK}",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                ],
-                cwd=rootdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-                start_new_session=True,
-                # Fast shutdown if the test process dies (SIGTERM would wait for clients).
-                preexec_fn=_demote(ids, signal.SIGINT),
-            )
+        offset = _log_size(log_path)
+        process = _spawn(
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(datadir),
+                "-p",
+                str(port),
+                "-k",
+                str(socket_dir),
+                "-c",
+                f"listen_addresses={LOOPBACK}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            cwd=rootdir,
+            env=env,
+            log_path=log_path,
+            start_new_session=True,
+            # Fast shutdown if the test process dies (SIGTERM would wait for clients).
+            preexec_fn=_demote(ids, signal.SIGINT),
+        )
         server = PostgresServer(
             port=port,
             pid=process.pid,
@@ -784,24 +900,14 @@ def _start_postmaster(
             workdir=workdir,
             _process=process,
         )
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        try:
-            status = _wait_postgres_ready(server, process, timeout)
-        except BaseException:
-            server.stop(remove=False)
-            raise
-        if status is None:
-            return server
-        text = log_path.read_text(errors="replace")[offset:]
-        if "could not bind" in text or "already in use" in text:
-            last_error = f"exit {status} (port {port} in use)"
-            continue
-        raise PostgresStartError(
-            f"postgres exited with status {status} during start-up; log tail:\n{log_tail(log_path)}"
+        status = _wait_postgres_ready(server, process, timeout)
+        in_use = status is not None and _log_mentions(
+            log_path, offset, "could not bind", "already in use"
         )
-    raise PostgresStartError(
-        f"postgres did not start after {attempts} attempts ({last_error}); log tail:\n"
-        f"{log_tail(log_path)}"
+        return server, status, f"exit {status} (port {port} in use)" if in_use else None
+
+    return _start_with_retries(
+        launch, attempts=attempts, what="postgres", error_cls=PostgresStartError, log_path=log_path
     )
 
 
@@ -811,23 +917,23 @@ def _wait_postgres_ready(
     """None once a connection succeeds; the exit status if postgres died; raises on timeout."""
     import psycopg
 
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        status = process.poll()
-        if status is not None:
-            return status
+    def probe() -> str | None:
         try:
             with server.connect() as connection:
                 connection.execute("SELECT 1")
-            return None
         except psycopg.OperationalError as exc:
-            last = str(exc).strip()
-        time.sleep(0.05)
-    server.stop(remove=False)
-    raise PostgresStartError(
-        f"postgres (pid {server.pid}) did not accept connections on port {server.port} within "
-        f"{timeout} s (last error: {last}); log tail:\n{log_tail(server.log_path)}"
+            return str(exc).strip()
+        return None
+
+    return _wait_until_ready(
+        process,
+        probe,
+        timeout=timeout,
+        interval=0.05,
+        stop=lambda: server.stop(remove=False),
+        error_cls=PostgresStartError,
+        describe=f"postgres (pid {server.pid}) did not accept connections on port {server.port}",
+        log_path=server.log_path,
     )
 
 
@@ -844,7 +950,7 @@ def prefect_binary() -> Path:
 
 
 @dataclass
-class PrefectServerProcess:
+class PrefectServerProcess(_ProcessHandle):
     """A ``prefect server start`` process started by :func:`start_prefect_server`.
 
     ``pid`` leads its own process group; :meth:`stop` signals the whole group.
@@ -862,11 +968,6 @@ class PrefectServerProcess:
     def log_path(self) -> Path:
         return self.home / "prefect-server.log"
 
-    def is_running(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return _pid_alive(self.pid)
-
     def _group_alive(self) -> bool:
         try:
             os.killpg(self.pid, 0)
@@ -883,19 +984,11 @@ class PrefectServerProcess:
 
     def wait_stopped(self, timeout: float = 15) -> None:
         """Wait for the server to exit; SIGKILL the group after ``timeout`` or for stragglers."""
-        deadline = time.monotonic() + timeout
-        while self.is_running() and time.monotonic() < deadline:
-            if self._process is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._process.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
-            else:
-                time.sleep(0.05)
+        _wait_gone(self.is_running, time.monotonic() + timeout, process=self._process)
         if self.is_running() or self._group_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            kill_deadline = time.monotonic() + 10
-            while (self.is_running() or self._group_alive()) and time.monotonic() < kill_deadline:
-                time.sleep(0.05)
+            _wait_gone(lambda: self.is_running() or self._group_alive(), time.monotonic() + 10)
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=1)  # reap
@@ -944,66 +1037,47 @@ def start_prefect_server(
     env = prefect_server_env(home, database_url)
     env.update(extra_env or {})
     log_path = home / "prefect-server.log"
-    last_error = ""
-    for _attempt in range(attempts):
+
+    def launch() -> tuple[PrefectServerProcess, int | None, str | None]:
         port = free_port()
-        api_url = f"http://{LOOPBACK}:{port}/api"
-        offset = log_path.stat().st_size if log_path.exists() else 0
+        offset = _log_size(log_path)
         started = time.monotonic()
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [str(binary), "server", "start", "--host", LOOPBACK, "--port", str(port)],
-                cwd=home,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-                start_new_session=True,
-                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
-            )
-        server = PrefectServerProcess(
-            api_url=api_url, pid=process.pid, home=home, port=port, _process=process
+        process = _spawn(
+            [str(binary), "server", "start", "--host", LOOPBACK, "--port", str(port)],
+            cwd=home,
+            env=env,
+            log_path=log_path,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
         )
-        try:
-            status = _wait_prefect_ready(server, process, timeout)
-        except BaseException:
-            server.stop()
-            raise
+        server = PrefectServerProcess(
+            api_url=f"http://{LOOPBACK}:{port}/api",
+            pid=process.pid,
+            home=home,
+            port=port,
+            _process=process,
+        )
+        status = _wait_http_ready(
+            server.api_url + "/health",
+            process,
+            timeout,
+            server.stop,
+            PrefectStartError,
+            f"prefect server (pid {server.pid}) did not answer {server.api_url}/health",
+            log_path=server.log_path,
+            interval=0.1,
+        )
         if status is None:
             server.startup_seconds = time.monotonic() - started
-            return server
+            return server, None, None
         server.stop()  # stragglers in the group, if any
-        text = log_path.read_text(errors="replace")[offset:]
-        if "already in use" in text:
-            last_error = f"exit {status} (port {port} in use)"
-            continue
-        raise PrefectStartError(
-            f"prefect server exited with status {status} during start-up; log tail:\n"
-            f"{log_tail(log_path)}"
-        )
-    raise PrefectStartError(
-        f"prefect server did not start after {attempts} attempts ({last_error}); log tail:\n"
-        f"{log_tail(log_path)}"
-    )
+        in_use = _log_mentions(log_path, offset, "already in use")
+        return server, status, f"exit {status} (port {port} in use)" if in_use else None
 
-
-def _wait_prefect_ready(
-    server: PrefectServerProcess, process: subprocess.Popen, timeout: float
-) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = process.poll()
-        if status is not None:
-            return status
-        try:
-            if requests.get(server.api_url + "/health", timeout=2).ok:
-                return None
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise PrefectStartError(
-        f"prefect server (pid {server.pid}) did not answer {server.api_url}/health within "
-        f"{timeout} s; log tail:\n{log_tail(server.log_path)}"
+    return _start_with_retries(
+        launch,
+        attempts=attempts,
+        what="prefect server",
+        error_cls=PrefectStartError,
+        log_path=log_path,
     )

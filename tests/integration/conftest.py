@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pacsflow.sandbox.scenario import SandboxSite, build_sandbox
 from tests.servers import (
     ModalitySpec,
     OrthancServer,
     PostgresServer,
     PrefectServerProcess,
     dcmtk_binary,
+    free_port,
     orthanc_available,
     postgres_available,
     start_orthanc,
@@ -86,6 +88,16 @@ class OrthancFactory:
         self.servers.clear()
 
 
+def _orthanc_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancFactory]:
+    """Body of the Orthanc fixtures: the factory, then every server it started is stopped."""
+    require(orthanc_available(), "Orthanc (apt-get install orthanc orthanc-dicomweb)")
+    factory = OrthancFactory(tmp_path_factory)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
 @pytest.fixture
 def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancFactory]:
     """Start Orthanc servers for one test; all are stopped (by pid) at teardown.
@@ -93,12 +105,7 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
     Starting is ~0.1 s; stopping takes ~3.5 s, paid once per test however many servers
     it started (they are signalled together).
     """
-    require(orthanc_available(), "Orthanc (apt-get install orthanc orthanc-dicomweb)")
-    factory = OrthancFactory(tmp_path_factory)
-    try:
-        yield factory
-    finally:
-        factory.stop_all()
+    yield from _orthanc_servers(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -109,12 +116,39 @@ def orthanc_session_factory(
 
     For read-only scenarios that share seeded data; do not mutate shared servers.
     """
-    require(orthanc_available(), "Orthanc (apt-get install orthanc orthanc-dicomweb)")
-    factory = OrthancFactory(tmp_path_factory)
-    try:
-        yield factory
-    finally:
-        factory.stop_all()
+    yield from _orthanc_servers(tmp_path_factory)
+
+
+# -- the sandbox site (pynetdicom PACS of our own) ------------------------------------
+
+
+@pytest.fixture
+def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., SandboxSite]]:
+    """``sandbox_factory(n_studies=...)`` builds a sandbox site in ``tmp_path / "site"``.
+
+    Two sandbox PACS and the receiver on free ports (:func:`build_sandbox`); at teardown
+    the PACS are stopped, then the process-wide DICOM receiver the flow started.
+    """
+    sites: list[SandboxSite] = []
+
+    def make(n_studies: int) -> SandboxSite:
+        folder = tmp_path / ("site" if not sites else f"site-{len(sites) + 1}")
+        site = build_sandbox(
+            folder,
+            primary_port=free_port(),
+            secondary_port=free_port(),
+            receiver_port=free_port(),
+            n_studies=n_studies,
+        )
+        sites.append(site)
+        return site
+
+    yield make
+    for site in sites:
+        site.stop()
+    from pacsflow.dicom.receiver import stop_process_receiver
+
+    stop_process_receiver()
 
 
 # -- PostgreSQL and the Prefect server -----------------------------------------------

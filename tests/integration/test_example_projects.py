@@ -14,8 +14,6 @@ import pytest
 import yaml
 
 from pacsflow.config import load_project_config, load_site_config
-from pacsflow.sandbox.scenario import build_sandbox
-from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -25,19 +23,8 @@ ALLOW_LIST = EXAMPLES / "imaging-allow-list.yaml"
 
 
 @pytest.fixture
-def sandbox(tmp_path):
-    site = build_sandbox(
-        tmp_path / "site",
-        primary_port=free_port(),
-        secondary_port=free_port(),
-        receiver_port=free_port(),
-        n_studies=6,
-    )
-    yield site
-    site.stop()
-    from pacsflow.dicom.receiver import stop_process_receiver
-
-    stop_process_receiver()
+def sandbox(sandbox_factory):
+    return sandbox_factory(n_studies=6)
 
 
 def _run(sandbox, project_file: Path, ledger: Path, export: Path) -> dict[str, int]:

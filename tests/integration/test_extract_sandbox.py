@@ -21,7 +21,6 @@ from pacsflow.config import load_project_config, load_site_config
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study
-from pacsflow.sandbox.scenario import build_sandbox
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -38,20 +37,10 @@ def _fast_retries(config_path: Path, delays: list[float]) -> None:
 
 
 @pytest.fixture
-def sandbox(tmp_path):
-    site = build_sandbox(
-        tmp_path / "site",
-        primary_port=free_port(),
-        secondary_port=free_port(),
-        receiver_port=free_port(),
-        n_studies=8,
-    )
+def sandbox(sandbox_factory):
+    site = sandbox_factory(n_studies=8)
     _fast_retries(site.config_path, [0.5])
-    yield site
-    site.stop()
-    from pacsflow.dicom.receiver import stop_process_receiver
-
-    stop_process_receiver()
+    return site
 
 
 def test_a_source_that_is_down_fails_studies_and_never_falls_through(sandbox, prefect_api):
@@ -96,8 +85,15 @@ def test_a_source_that_is_down_fails_studies_and_never_falls_through(sandbox, pr
 
 
 def _exported(ledger: Path) -> int:
+    """Studies exported so far; 0 while the run has created the file but not yet its tables."""
     with sqlite3.connect(ledger) as db:
-        return db.execute("select count(*) from studies where status='exported'").fetchone()[0]
+        try:
+            query = db.execute("select count(*) from studies where status='exported'")
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return 0
+        return query.fetchone()[0]
 
 
 def test_a_killed_extraction_resumes_without_loss_or_duplicates(tmp_path, prefect_api):

@@ -27,22 +27,17 @@ def _write_site(folder: Path) -> Path:
     return path
 
 
+def _extract(config: Path, project: Path, manifest: Path):
+    """``pacsflow extract`` with the site config, project file and manifest."""
+    args = ["--config", str(config), "--project", str(project), "--manifest", str(manifest)]
+    return runner.invoke(app, ["extract", *args])
+
+
 def test_bad_manifest_exits_2_naming_row_and_column(tmp_path):
     config = _write_site(tmp_path)
     manifest = tmp_path / "m.csv"
     manifest.write_text("mrn,accession_number,study_date\n123,A1,2024-01-02\n124,A2,2024-13-02\n")
-    result = runner.invoke(
-        app,
-        [
-            "extract",
-            "--config",
-            str(config),
-            "--project",
-            str(tmp_path / "project.yaml"),
-            "--manifest",
-            str(manifest),
-        ],
-    )
+    result = _extract(config, tmp_path / "project.yaml", manifest)
     assert result.exit_code == 2
     assert "row 2, column study_date" in result.output
     assert not (tmp_path / "ledger.db").exists(), "a bad manifest must change nothing"
@@ -65,18 +60,7 @@ def test_project_naming_an_unknown_source_exits_2(tmp_path):
     )
     manifest = tmp_path / "m.csv"
     manifest.write_text("mrn,accession_number,study_date\n123,A1,2024-01-02\n")
-    result = runner.invoke(
-        app,
-        [
-            "extract",
-            "--config",
-            str(config),
-            "--project",
-            str(tmp_path / "project.yaml"),
-            "--manifest",
-            str(manifest),
-        ],
-    )
+    result = _extract(config, tmp_path / "project.yaml", manifest)
     assert result.exit_code == 2
     assert "source 'nope' is not declared" in result.output
 

@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import Dataset
@@ -24,6 +25,7 @@ from pynetdicom.sop_class import (
 
 from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
 from pacsflow.sandbox import (
+    FakePatient,
     PortInUseError,
     SandboxPacs,
     make_patients,
@@ -55,27 +57,32 @@ class Receiver:
         return 0x0000
 
 
+def _study_of(patient: FakePatient, **kwargs: Any) -> list[Dataset]:
+    """``make_study`` for a patient from ``make_patients`` (their identity, other fields)."""
+    return make_study(
+        mrn=patient.mrn,
+        patient_name=patient.name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
 def studies() -> list[list[Dataset]]:
     patients = make_patients(2, seed=7)
-    ct = make_study(
-        mrn=patients[0].mrn,
+    ct = _study_of(
+        patients[0],
         accession="ACC1001",
         study_date=datetime.date(2024, 3, 5),
-        patient_name=patients[0].name,
-        birth_date=patients[0].birth_date,
-        sex=patients[0].sex,
         modality="CT",
         n_series=2,
         n_instances=3,
     )
-    mr = make_study(
-        mrn=patients[1].mrn,
+    mr = _study_of(
+        patients[1],
         accession="ACC1002",
         study_date=datetime.date(2024, 6, 20),
-        patient_name=patients[1].name,
-        birth_date=patients[1].birth_date,
-        sex=patients[1].sex,
         modality="MR",
         n_series=1,
         n_instances=2,
