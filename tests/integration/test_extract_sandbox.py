@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 import yaml
 
@@ -252,3 +253,52 @@ def test_an_image_limit_bounds_retrievals_and_is_released(sandbox, prefect_api, 
     assert limit.active_slots == 0
     from_primary = sandbox.expected["primary"] + sandbox.expected["both"]
     assert taken == [("source-images-primary", 6)] * from_primary  # none for the secondary
+
+
+def test_a_library_error_quoting_patient_data_stays_out_of_prefect(
+    sandbox, prefect_api, monkeypatch
+):
+    """The error detail goes to the ledger; Prefect sees only the step and the type."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    import pacsflow.pipeline
+    from blocks.site import save_site
+    from flows.extract import extract_project
+
+    def broken_read(path):
+        ds = pydicom.dcmread(path)
+        raise ValueError(f"cannot parse {ds.PatientName} {ds.PatientID}")  # as pydicom might
+
+    monkeypatch.setattr(pacsflow.pipeline, "read_instance", broken_read)
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    state = extract_project(
+        project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
+    )
+    assert state.is_failed()
+
+    with session_factory(make_engine(site.ledger))() as session:
+        rows = session.query(Study).all()
+    failed = [r for r in rows if r.status == "failed"]
+    assert len(failed) == 8 - sandbox.expected["neither"]
+    assert all(r.mrn in r.last_error for r in failed)  # the detail is kept, in the ledger
+    mrns = [r.mrn for r in rows]
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=200)
+        ours = [r.id for r in runs if r.id == flow_run_id or r.parent_task_run_id]
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ours)), limit=200)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ours)), limit=200
+        )
+    stored = " ".join(log.message for log in logs)
+    stored += " ".join(f"{t.name} {t.state.message}" for t in tasks if t.state)
+    assert "de-identify and export failed with ValueError" in stored
+    assert not [m for m in mrns if m in stored]
