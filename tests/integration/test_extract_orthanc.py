@@ -47,8 +47,8 @@ TEXT_VRS = {
 
 
 @pytest.fixture
-def scenario(orthanc_factory, tmp_path):
-    """Two seeded Orthancs, a site config, a project file and a manifest."""
+def scenario(orthanc_factory, ledger_url, tmp_path):
+    """Two seeded Orthancs, a PostgreSQL ledger, a site config, a project and a manifest."""
     receiver_port = free_port()
     known = {"pacsflow": ("PACSFLOW", "127.0.0.1", receiver_port)}
     primary = orthanc_factory("PRIMARY", known)
@@ -87,7 +87,7 @@ def scenario(orthanc_factory, tmp_path):
 
     site = SiteConfig.model_validate(
         {
-            "ledger": f"sqlite:///{tmp_path / 'ledger.db'}",
+            "ledger": ledger_url,
             "receiver": {"ae_title": "PACSFLOW", "port": receiver_port},
             "staging": str(tmp_path / "staging"),
             "sources": {
@@ -171,6 +171,7 @@ def _task_runs(client, flow_run_id=None, name_like="study-"):
 
 def test_extract_project_from_two_orthancs(scenario, prefect_api):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     from blocks.site import save_site
     from flows.extract import extract_project
@@ -226,6 +227,13 @@ def test_extract_project_from_two_orthancs(scenario, prefect_api):
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         runs = _task_runs(client, flow_run.id)
         assert len(runs) == 5
+        source_tasks = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-study-")), limit=200
+        )
+        tagged = [t for t in source_tasks if t.name.startswith(("find-study-", "fetch-study-"))]
+        assert tagged and all(t.tags == [f"source:{t.name.rsplit('-', 1)[-1]}"] for t in tagged), (
+            "every find/fetch task carries its source's tag"
+        )
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
