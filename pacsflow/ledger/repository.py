@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -230,5 +231,8 @@ def requeue(session: Session, project: str, status: StudyStatus) -> int:
     for study in studies:
         study.status = StudyStatus.PENDING
         study.last_error = None
+        # A new handle means a new Prefect cache key: the cached final status of the
+        # earlier attempt must not answer for the new one.
+        study.ref = uuid.uuid4().hex
     session.commit()
     return len(studies)

@@ -302,3 +302,46 @@ def test_a_library_error_quoting_patient_data_stays_out_of_prefect(
     stored += " ".join(f"{t.name} {t.state.message}" for t in tasks if t.state)
     assert "de-identify and export failed with ValueError" in stored
     assert not [m for m in mrns if m in stored]
+
+
+def test_a_requeued_study_is_processed_again_not_answered_from_the_cache(sandbox, prefect_api):
+    """Not found today, in the PACS tomorrow: requeue it and the next run exports it."""
+    import datetime as dt
+
+    from blocks.site import save_site
+    from flows.extract import extract_project
+    from pacsflow.ledger.models import StudyStatus
+    from pacsflow.sandbox.synthetic import make_study
+
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    run = {"project": str(sandbox.project_path), "manifest": str(sandbox.manifest_path)}
+    first = extract_project(**run, return_state=True).result()
+    missing = sandbox.expected["neither"]
+    assert first["not_found"] == missing
+
+    sessions = session_factory(make_engine(site.ledger))
+    with sessions() as session:
+        absent = [r for r in session.query(Study).all() if r.status == "not_found"]
+    for row in absent:  # the studies reach the secondary PACS
+        sandbox.secondary.add_datasets(
+            make_study(
+                mrn=row.mrn,
+                accession=row.accession_number,
+                study_date=dt.date(2020, 1, 1),
+                patient_name="LATE^ARRIVAL",
+                birth_date=dt.date(1950, 1, 1),
+                sex="F",
+                n_series=1,
+                n_instances=2,
+            )
+        )
+    with sessions() as session:
+        assert repo.requeue(session, "sandbox-demo", StudyStatus.NOT_FOUND) == missing
+
+    second = extract_project(**run, return_state=True).result()
+    assert second["not_found"] == 0
+    assert second["exported"] == 8
+    with sessions() as session:
+        by_source = repo.source_counts(session, "sandbox-demo")
+    assert by_source["secondary"] == sandbox.expected["secondary"] + missing

@@ -310,7 +310,10 @@ def test_a_new_key_is_refused_once_the_project_exported_something(session: Sessi
 
 def test_requeue_sends_final_studies_back_but_never_exported_ones(session: Session) -> None:
     ids = _one_per_status(session)
+    old_ref = repo.get_study(session, ids[StudyStatus.QUARANTINED]).ref
     assert repo.requeue(session, PROJECT, StudyStatus.QUARANTINED) == 1
+    # A new ref, so Prefect's cache of the earlier attempt does not answer for this one.
+    assert repo.get_study(session, ids[StudyStatus.QUARANTINED]).ref != old_ref
     assert repo.get_study(session, ids[StudyStatus.QUARANTINED]).status == StudyStatus.PENDING
     todo = [study_id for study_id, _ in repo.studies_to_process(session, PROJECT)]
     assert ids[StudyStatus.QUARANTINED] in todo
