@@ -29,7 +29,7 @@ class StudiesFailed(PacsflowError):
 
 
 @task(task_run_name="check-project-key-and-profile")
-def check_project_key(site: str, project: ProjectConfig, force_key_change: bool) -> None:
+def check_key_and_profile(site: str, project: ProjectConfig, force_key_change: bool) -> None:
     """Refuse a changed pseudonymisation key once the project has exported studies.
 
     Also builds the de-identification profile, so a bad profile file fails the run
@@ -75,7 +75,7 @@ def extract_project(
     config = resolve_project(project)
     ws = workspace(site)
     config.check_against(ws.site)
-    check_project_key(site, config, force_key_change)
+    check_key_and_profile(site, config, force_key_change)
     ingested = ingest_manifest(site, config.name, manifest)
     logger.info("manifest: %(rows)s studies, %(added)s new", ingested)
     ensure_source_limits(ws.site, config.sources)
