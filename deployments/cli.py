@@ -27,6 +27,7 @@ from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load
 from pacsflow.errors import ConfigError, ManifestError
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
+from pacsflow.ledger.models import StudyStatus
 from pacsflow.ledger.repository import KeyChanged
 from pacsflow.manifest import read_manifest
 
@@ -214,7 +215,8 @@ def status(
     config: ConfigOption = Path("pacsflow.yaml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts per status, and the reasons of failed studies (by ledger id, no identifiers)."""
+    """Counts per status, and why studies failed, were quarantined or excluded (by ledger
+    id; the study's identifiers are masked)."""
     try:
         site = load_site_config(config)
     except ConfigError as exc:
@@ -222,7 +224,10 @@ def status(
     counts, by_source = _counts(site, project)
     engine = make_engine(site.ledger)
     with session_factory(engine)() as session:
-        failures = repo.failures(session, project)
+        reasons = {
+            status.value: repo.failures(session, project, (status,))
+            for status in (StudyStatus.FAILED, StudyStatus.QUARANTINED, StudyStatus.EXCLUDED)
+        }
     if as_json:
         print(
             json.dumps(
@@ -230,7 +235,10 @@ def status(
                     "project": project,
                     "counts": counts,
                     "exported_by_source": by_source,
-                    "failed": [{"id": i, "reason": r} for i, r in failures],
+                    **{
+                        status: [{"id": i, "reason": r} for i, r in listed]
+                        for status, listed in reasons.items()
+                    },
                 },
                 indent=2,
             )
@@ -242,8 +250,9 @@ def status(
     for name, n in counts.items():
         table.add_row(name, str(n))
     console.print(table)
-    for study_id, reason in failures:
-        console.print(f"  study {study_id}: {reason}", highlight=False)
+    for status, listed in reasons.items():
+        for study_id, reason in listed:
+            console.print(f"  {status} study {study_id}: {reason}", highlight=False)
 
 
 @app.command()
@@ -253,8 +262,6 @@ def requeue(
     config: ConfigOption = Path("pacsflow.yaml"),
 ) -> None:
     """Send a project's not-found, excluded or quarantined studies back to the queue."""
-    from pacsflow.ledger.models import StudyStatus
-
     try:
         site = load_site_config(config)
         wanted = StudyStatus(status)

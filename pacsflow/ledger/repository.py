@@ -155,14 +155,35 @@ def mark_failed(session: Session, study_id: int, reason: str) -> None:
     update_study(session, study_id, status=StudyStatus.FAILED, last_error=reason[:2000])
 
 
-def failures(session: Session, project: str) -> list[tuple[int, str]]:
-    """(ledger id, reason) of failed studies. Reasons are written without identifiers."""
+def _redacted(study: Study) -> str:
+    """The study's reason with its own ledger identifiers masked.
+
+    Our messages carry none, but a library error recorded in full (see
+    ``flows/boundary.py``) may quote an MRN or a UID; reports should not.
+    """
+    reason = study.last_error or ""
+    for label, value in (
+        ("mrn", study.mrn),
+        ("accession", study.accession_number),
+        ("study uid", study.study_uid),
+        ("study uid", study.found_study_uid),
+        ("participant", study.participant_id),
+    ):
+        if value and len(value) >= 3:
+            reason = reason.replace(value, f"<{label}>")
+    return reason
+
+
+def failures(
+    session: Session, project: str, statuses: tuple[StudyStatus, ...] = (StudyStatus.FAILED,)
+) -> list[tuple[int, str]]:
+    """(ledger id, reason) of the project's studies in ``statuses``, identifiers masked."""
     query = (
-        select(Study.id, Study.last_error)
-        .where(Study.project == project, Study.status == StudyStatus.FAILED)
+        select(Study)
+        .where(Study.project == project, Study.status.in_([s.value for s in statuses]))
         .order_by(Study.id)
     )
-    return [(row.id, row.last_error or "") for row in session.execute(query)]
+    return [(study.id, _redacted(study)) for study in session.scalars(query)]
 
 
 class KeyChanged(PermanentError):
