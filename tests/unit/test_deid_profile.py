@@ -625,22 +625,12 @@ def test_fingerprint_is_stable_and_tracks_what_the_profile_does(tmp_path: Path) 
 # --- pseudonyms ---------------------------------------------------------------------
 
 
-@given(
-    key=st.binary(min_size=16, max_size=64),
-    other=st.binary(min_size=16, max_size=64),
-    value=st.text(min_size=1, max_size=80),
-)
-def test_date_shift_deterministic_per_key_nonzero_and_in_range(
-    key: bytes, other: bytes, value: str
-) -> None:
+@given(key=st.binary(min_size=16, max_size=64), value=st.text(min_size=1, max_size=80))
+def test_date_shift_deterministic_per_key_nonzero_and_in_range(key: bytes, value: str) -> None:
+    # Pseudonyms differing across keys is tested in test_deid.py.
     shift = Pseudonymizer(key).date_shift_days(value)
     assert shift == Pseudonymizer(key).date_shift_days(value)
     assert -MAX_DATE_SHIFT_DAYS <= shift <= -1
-    if key != other:  # different projects: unrelated pseudonyms
-        assert Pseudonymizer(key).uid(value) != Pseudonymizer(other).uid(value)
-        assert Pseudonymizer(key).hash_text(value, "x") != Pseudonymizer(other).hash_text(
-            value, "x"
-        )
 
 
 def test_date_shift_differs_across_patients_and_keys() -> None:
