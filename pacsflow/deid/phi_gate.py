@@ -526,8 +526,13 @@ class _Matcher:
         self._binary = _Finder(id_rules + date_rules)  # no names: see module docstring
         self._uids = ids.uids
 
-    def text_leaks(self, text: str) -> bool:
-        return self._text.search(text.upper()) or self._uid_leaks(text)
+    def text_leaks(self, text: str, names: bool = True) -> bool:
+        """Whether ``text`` holds an identifier. ``names=False`` for coded values (VR CS):
+        they hold defined terms such as CT or AXIAL, which a short name part ("CT" of
+        the name "CQ500-CT-310") would match by accident; IDs, dates and UIDs still count.
+        """
+        finder = self._text if names else self._binary
+        return finder.search(text.upper()) or self._uid_leaks(text)
 
     def bytes_leak(self, data: bytes) -> bool:
         stripped = data.rstrip(b"\x00 ")
@@ -673,7 +678,7 @@ def _walk(
         if isinstance(elem, RawDataElement) and elem.value is not None and vr in _TEXT_VRS:
             text = _raw_text(elem, vr, ds)
             if text is not None:
-                if matcher.text_leaks(text) and not refused:
+                if matcher.text_leaks(text, names=vr != "CS") and not refused:
                     out.append(prefix + _label(ds, t, matcher))
                 continue
         if isinstance(elem, RawDataElement) and elem.value is not None and vr in ("OB", "OW"):
@@ -694,7 +699,7 @@ def _walk(
                 leaked = matcher.bytes_leak(value)
             elif vr in _TEXT_VRS or vr in _BINARY_VRS:
                 values = _values(value)
-                leaked = bool(values) and matcher.text_leaks("\\".join(values))
+                leaked = bool(values) and matcher.text_leaks("\\".join(values), names=vr != "CS")
         if leaked and not refused:
             out.append(prefix + _label(ds, t, matcher))
 

@@ -578,3 +578,19 @@ def test_a_random_identifier_in_a_random_text_element_is_reported(
     setattr(target, keyword, text)
     path = "ContentSequence[0].ContentSequence[1].TextValue" if keyword == "TextValue" else keyword
     assert path in find_leaks(ds, ids)
+
+
+def test_name_parts_are_not_matched_in_coded_values_but_ids_are():
+    """A real CQ500 CT is named "CQ500-CT-310": its part "CT" is not a leak in Modality."""
+    original = Dataset()
+    original.PatientName = "CQ500-CT-310"
+    original.PatientID = "CQ500-CT-310"
+    ids = identifiers_from(original)
+    clean = Dataset()
+    clean.Modality = "CT"
+    clean.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert find_leaks(clean, ids) == []
+    clean.BodyPartExamined = "CQ500_CT_310"  # the ID (separators aside) in a code: a leak
+    assert find_leaks(clean, ids) == ["BodyPartExamined"]
+    clean.StudyDescription = "head CT"  # free text: name parts still count
+    assert "StudyDescription" in find_leaks(clean, ids)
