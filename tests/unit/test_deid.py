@@ -154,17 +154,8 @@ def _write(ds: Dataset, path: Path, implicit: bool = False) -> Path:
     return path
 
 
-def _walk(ds: Dataset) -> Iterator[pydicom.DataElement]:
-    """Every element, recursively through sequence items."""
-    for elem in ds:
-        yield elem
-        if elem.VR == "SQ":
-            for item in elem.value:
-                yield from _walk(item)
-
-
 def _text_values(ds: Dataset) -> Iterator[str]:
-    for elem in [*ds.file_meta, *_walk(ds)]:
+    for elem in [*ds.file_meta, *ds.iterall()]:
         if elem.VR == "SQ" or elem.value is None:
             continue
         values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
@@ -175,7 +166,7 @@ def _text_values(ds: Dataset) -> Iterator[str]:
 def _instance_uids(ds: Dataset) -> set[str]:
     """Original UIDs that must not survive: every UI value except class/syntax UIDs."""
     found = set()
-    for elem in [*ds.file_meta, *_walk(ds)]:
+    for elem in [*ds.file_meta, *ds.iterall()]:
         if elem.VR == "UI" and elem.tag not in KEEP_UID_TAGS and elem.value:
             found.add(str(elem.value))
     return found
@@ -343,7 +334,7 @@ def test_no_identifier_survives_anywhere(tmp_path: Path, implicit: bool) -> None
 def test_private_curve_overlay_and_group_length_removed(synthetic_pair) -> None:
     a, _ = synthetic_pair
     out = _deid(a, a.parent.parent / "out" / "a.dcm")
-    tags = [elem.tag for elem in _walk(out)]
+    tags = [elem.tag for elem in out.iterall()]
     assert not [t for t in tags if t.is_private]
     assert not [t for t in tags if t.group >> 8 in (0x50, 0x60)]
     assert not [t for t in tags if t.element == 0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
 
@@ -78,17 +77,9 @@ def _study(
     )
 
 
-def _walk(ds: Dataset) -> Iterator[pydicom.DataElement]:
-    for elem in ds:
-        yield elem
-        if elem.VR == "SQ":
-            for item in elem.value:
-                yield from _walk(item)
-
-
 def _text(ds: Dataset) -> str:
     values = []
-    for elem in _walk(ds):
+    for elem in ds.iterall():
         if elem.VR != "SQ" and elem.value is not None:
             value = elem.value
             values.append(value.decode("latin-1") if isinstance(value, bytes) else str(value))
@@ -147,7 +138,7 @@ def test_unlisted_attributes_follow_the_basic_profile(tmp_path: Path) -> None:
     assert ds.SOPInstanceUID == PSEUDO.uid(original.SOPInstanceUID)  # U
     assert ds.SliceThickness == original.SliceThickness  # not in the table: kept
     assert ds.SOPClassUID == original.SOPClassUID  # class UIDs are never remapped
-    assert not [e for e in _walk(ds) if e.tag.is_private]
+    assert not [e for e in ds.iterall() if e.tag.is_private]
 
 
 def test_patient_pseudonym_and_deidentification_record(tmp_path: Path) -> None:
@@ -305,7 +296,7 @@ def test_safe_private_kept_only_with_the_option(tmp_path: Path, block: int) -> N
 
     ds = _with_private(block)
     _profile(tmp_path, SAFE).deidentify(ds, _context())  # listed, option not enabled
-    assert not [e for e in _walk(ds) if e.tag.is_private]
+    assert not [e for e in ds.iterall() if e.tag.is_private]
 
 
 def test_safe_private_option_needs_a_list(tmp_path: Path) -> None:
@@ -664,7 +655,7 @@ def test_real_files_through_example_profiles(tmp_path: Path, name: str, profile_
     assert out.SOPInstanceUID == PSEUDO.uid(original.SOPInstanceUID)
     assert out.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert out.PixelData == original.PixelData
-    for elem in _walk(out):
+    for elem in out.iterall():
         assert profile.allows(elem.tag, _creator(out, elem.tag), str(out.get("Manufacturer", "")))
     assert not list((tmp_path / "out").glob(".*.part"))
 
