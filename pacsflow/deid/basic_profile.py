@@ -191,7 +191,7 @@ BASIC_PROFILE: dict[BaseTag, Action] = {
     },
     **SUPPLEMENTARY_ACTIONS,
 }
-"""Tag -> resolved action, the table that :mod:`pacsflow.deid.deidentify` applies."""
+"""Tag -> resolved action, the base table that :mod:`pacsflow.deid.profile` layers on."""
 
 REPEATING_RULES: tuple[RepeatingRule, ...] = (
     *_TABLE_REPEATING,

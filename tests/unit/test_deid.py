@@ -28,14 +28,24 @@ from pacsflow.deid.basic_profile import (
     Action,
     action_for,
 )
-from pacsflow.deid.deidentify import (
-    PROFILE_NAMES,
-    check_profile,
-    deidentify_dataset,
-    deidentify_file,
-)
+from pacsflow.deid.files import read_instance, write_instance
+from pacsflow.deid.profile import PROFILE_NAMES, DeidContext, build_profile, check_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer, new_key
 from pacsflow.errors import ConfigError
+
+BASIC = build_profile("basic")
+
+
+def deidentify_dataset(ds, pseudonymizer: Pseudonymizer, pseudonym: str):
+    """The Basic Profile with no options or files, as the pipeline applies it."""
+    return BASIC.deidentify(ds, DeidContext(pseudonymizer, pseudonym))
+
+
+def deidentify_file(src: Path, dst: Path, pseudonymizer: Pseudonymizer, pseudonym: str) -> None:
+    ds = read_instance(src)
+    deidentify_dataset(ds, pseudonymizer, pseudonym)
+    write_instance(ds, dst)
+
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
