@@ -43,6 +43,27 @@ def test_bad_manifest_exits_2_naming_row_and_column(tmp_path):
     assert not (tmp_path / "ledger.db").exists(), "a bad manifest must change nothing"
 
 
+def test_bad_profile_file_exits_2_naming_the_entry_before_touching_prefect(tmp_path):
+    config = _write_site(tmp_path)
+    (tmp_path / "profile.yaml").write_text("tags:\n  - {keyword: StudyDescriptoin, op: keep}\n")
+    (tmp_path / "project.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "p1",
+                "sources": ["vna"],
+                "destination": "local",
+                "profile_files": ["profile.yaml"],
+            }
+        )
+    )
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("mrn,accession_number,study_date\n123,A1,2024-01-02\n")
+    result = _extract(config, tmp_path / "project.yaml", manifest)
+    assert result.exit_code == 2
+    assert "StudyDescriptoin" in result.output and "StudyDescription" in result.output
+    assert not (tmp_path / "ledger.db").exists()
+
+
 def test_bad_config_exits_2_naming_the_key(tmp_path):
     config = _write_site(tmp_path)
     data = yaml.safe_load(config.read_text())
