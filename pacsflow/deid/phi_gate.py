@@ -108,6 +108,8 @@ STANDARD_UID_ROOT = "1.2.840.10008."
 
 #: UI attributes whose value names a class, syntax, coding scheme or software, shared by
 #: every site: not identifiers (PS3.15 E.1.1 keeps them), so they are not collected.
+#: Kept apart from the profile's ``KEEP_UID_TAGS`` on purpose: the gate checks the
+#: engine, so a UID the engine wrongly keeps must not be excused by the same list.
 NON_INSTANCE_UID_KEYWORDS = frozenset(
     {
         "AffectedSOPClassUID",
