@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import Date, DateTime, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import Date, DateTime, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -30,6 +30,14 @@ class StudyStatus(StrEnum):
 
 #: Statuses a run picks up: new rows, rows a killed run left mid-way, earlier failures.
 WORK_TO_DO = (StudyStatus.PENDING, StudyStatus.RETRIEVING, StudyStatus.FAILED)
+#: Statuses that end an attempt (``failed`` ends it too, but is work to do for the next).
+FINAL = (
+    StudyStatus.EXPORTED,
+    StudyStatus.NOT_FOUND,
+    StudyStatus.EXCLUDED,
+    StudyStatus.QUARANTINED,
+    StudyStatus.FAILED,
+)
 
 
 class Base(DeclarativeBase):
@@ -48,6 +56,7 @@ class Study(Base):
         UniqueConstraint("project", "mrn", "accession_number", name="uq_study_project_accession"),
         UniqueConstraint("project", "study_uid", name="uq_study_project_uid"),
         UniqueConstraint("ref", name="uq_study_ref"),
+        Index("ix_studies_claimable", "project", "source_index", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -73,7 +82,22 @@ class Study(Base):
     pseudo_patient_id: Mapped[str | None] = mapped_column(String(64))
     pseudo_study_uid: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The full reason of the last failure; may quote a library's message: ledger only.
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: What kind of failure (an exception type, "step: type" for a library's): no
+    #: identifiers, so it may be shown in Prefect.
+    error_type: Mapped[str | None] = mapped_column(String(64))
+
+    # The queue (see pacsflow.ledger.claims).
+    #: Position in the project's sources of the one to ask next (0: the primary).
+    source_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Which worker process holds the study, and until when (a lease it renews).
+    claimed_by: Mapped[str | None] = mapped_column(String(96))
+    claim_expires: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The pull (one extraction of the project) that last attempted the study.
+    pull: Mapped[str | None] = mapped_column(String(32))
+    #: Attempts at the current source in that pull (its retry budget is the source's).
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from pacsflow.errors import PermanentError
-from pacsflow.ledger.models import WORK_TO_DO, Project, Study, StudyStatus
+from pacsflow.ledger.models import FINAL, WORK_TO_DO, Project, Study, StudyStatus
 from pacsflow.manifest import ManifestRow
 
 _CHUNK = 500  # keeps IN (...) lists within every database's parameter limit
@@ -122,8 +122,13 @@ def source_counts(session: Session, project: str) -> dict[str, int]:
 
 
 def update_study(session: Session, study_id: int, **values: object) -> None:
-    """Set columns of one study and commit; unknown column names are a programming error."""
+    """Set columns of one study and commit; unknown column names are a programming error.
+
+    A final status also ends the study's claim, so no worker holds a finished study.
+    """
     study = get_study(session, study_id)
+    if values.get("status") in FINAL:
+        values = {"claimed_by": None, "claim_expires": None, **values}
     for name, value in values.items():
         if not hasattr(Study, name):
             raise AttributeError(f"Study has no column {name!r}")
@@ -151,8 +156,22 @@ def mark_exported(session: Session, study_id: int, exported_instances: int) -> N
     )
 
 
-def mark_failed(session: Session, study_id: int, reason: str) -> None:
-    update_study(session, study_id, status=StudyStatus.FAILED, last_error=reason[:2000])
+def mark_failed(
+    session: Session, study_id: int, reason: str, error_type: str | None = None
+) -> None:
+    """End the attempt as ``failed``; the next pull starts the study again at the primary.
+
+    ``reason`` may quote a library's message (ledger only); ``error_type`` must not hold
+    identifiers: it is what Prefect's reports show.
+    """
+    update_study(
+        session,
+        study_id,
+        status=StudyStatus.FAILED,
+        last_error=reason[:2000],
+        error_type=(error_type or "")[:64] or None,
+        source_index=0,
+    )
 
 
 def _redacted(study: Study) -> str:

@@ -1,0 +1,246 @@
+"""The ledger as the queue: studies are claimed, worked on under a lease, and handed on.
+
+Every worker process, in every flow run, on every machine, takes its next study with
+:func:`claim_next`. One statement picks and takes it (``UPDATE ... WHERE id = (SELECT ...
+FOR UPDATE SKIP LOCKED) RETURNING``; SQLite runs each statement alone), so two runs never
+work on one study. A claim is a lease: the owning process renews it (:func:`renew`), and a
+killed process's studies become claimable again when it runs out, or at once when the
+owner is known to be gone (:func:`release_dead`).
+
+A study's ``source_index`` says which of its project's sources it waits for: a lane for
+source *i* claims only studies at *i*; "not there" moves a study on (:func:`pass_on`). A
+transient failure puts the study back with a delay (:func:`defer`) instead of sleeping
+with the source's slot held. A study that failed in a pull is not claimed again by that
+pull (``pull`` records who tried); the next pull picks it up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import and_, case, func, not_, or_, select, update
+from sqlalchemy.orm import Session
+
+from pacsflow.ledger.models import FINAL, WORK_TO_DO, Study, StudyStatus
+
+#: How long a claim holds without renewal. The owner renews it every third of this.
+DEFAULT_LEASE = dt.timedelta(seconds=60)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (clock ticks since boot); "" when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]
+
+
+def this_process() -> str:
+    """The claim owner name of this process: host, pid and start time (pids get reused)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def owner_is_gone(owner: str) -> bool:
+    """True when ``owner`` was a process on this host that no longer runs.
+
+    Owners on other hosts are never judged gone here: their leases expire instead.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    return _process_start(int(pid_text)) != started
+
+
+def _claimable(project: str, source_index: int, pull: str, now: dt.datetime):
+    return and_(
+        Study.project == project,
+        Study.source_index == source_index,
+        Study.status.in_([s.value for s in WORK_TO_DO]),
+        or_(Study.claim_expires.is_(None), Study.claim_expires < now),
+        # Failed in this pull already: the next pull tries again, not this one.
+        not_(and_(Study.status == StudyStatus.FAILED.value, Study.pull == pull)),
+    )
+
+
+def claim_next(
+    session: Session,
+    project: str,
+    source_index: int,
+    owner: str,
+    pull: str,
+    lease: dt.timedelta = DEFAULT_LEASE,
+) -> Study | None:
+    """Take the project's next study waiting for source ``source_index``; None if none is.
+
+    The study becomes ``retrieving``, held by ``owner`` until the lease ends.
+    """
+    now = _now()
+    condition = _claimable(project, source_index, pull, now)
+    candidate = select(Study.id).where(condition).order_by(Study.id).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    statement = (
+        update(Study)
+        # The condition again: on PostgreSQL a row changed meanwhile is re-checked.
+        .where(Study.id == candidate.scalar_subquery(), condition)
+        .values(
+            status=StudyStatus.RETRIEVING.value,
+            claimed_by=owner,
+            claim_expires=now + lease,
+            attempts=Study.attempts + 1,
+            # A new pull starts the retry budget again.
+            tries=case((Study.pull == pull, Study.tries + 1), else_=1),
+            pull=pull,
+            last_error=None,
+            error_type=None,
+        )
+        .returning(Study.id)
+        .execution_options(synchronize_session=False)
+    )
+    study_id = session.execute(statement).scalar_one_or_none()
+    session.commit()
+    if study_id is None:
+        return None
+    return session.get(Study, study_id, populate_existing=True)
+
+
+def renew(session: Session, owner: str, lease: dt.timedelta = DEFAULT_LEASE) -> int:
+    """Extend every claim ``owner`` holds; returns how many it holds."""
+    result = session.execute(
+        update(Study)
+        .where(Study.claimed_by == owner, Study.status.notin_([s.value for s in FINAL]))
+        .values(claim_expires=_now() + lease)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount
+
+
+def _held(study_id: int, owner: str):
+    return and_(Study.id == study_id, Study.claimed_by == owner)
+
+
+def _change(session: Session, study_id: int, owner: str, **values: object) -> None:
+    """Apply one transition to a study ``owner`` holds; a lost claim is an error."""
+    result = session.execute(
+        update(Study)
+        .where(_held(study_id, owner))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        raise ClaimLost(
+            f"study {study_id} is no longer held by this worker (its lease ran out and "
+            "another worker took it); this worker leaves it alone"
+        )
+
+
+class ClaimLost(RuntimeError):
+    """The lease on a study ran out while this worker still worked on it."""
+
+
+def defer(session: Session, study_id: int, owner: str, delay: float) -> None:
+    """Give the study back, claimable again after ``delay`` seconds (a transient failure)."""
+    _change(
+        session,
+        study_id,
+        owner,
+        claimed_by=None,
+        claim_expires=_now() + dt.timedelta(seconds=delay),
+    )
+
+
+def pass_on(session: Session, study_id: int, owner: str, n_sources: int) -> StudyStatus:
+    """The source answered "not there": wait for the next source, or end ``not_found``."""
+    study = session.get(Study, study_id, populate_existing=True)
+    if study is None:
+        raise LookupError(f"no study with ledger id {study_id}")
+    if study.source_index + 1 < n_sources:
+        _change(
+            session,
+            study_id,
+            owner,
+            source_index=study.source_index + 1,
+            tries=0,
+            claimed_by=None,
+            claim_expires=None,
+        )
+        return StudyStatus.RETRIEVING
+    _change(
+        session,
+        study_id,
+        owner,
+        status=StudyStatus.NOT_FOUND.value,
+        source=None,
+        claimed_by=None,
+        claim_expires=None,
+    )
+    return StudyStatus.NOT_FOUND
+
+
+def release(session: Session, owner: str) -> int:
+    """Give back every unfinished study ``owner`` holds (a run that stops early)."""
+    result = session.execute(
+        update(Study)
+        .where(Study.claimed_by == owner, Study.status.notin_([s.value for s in FINAL]))
+        .values(claimed_by=None, claim_expires=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount
+
+
+def release_dead(
+    session: Session, project: str, is_gone: Callable[[str], bool] = owner_is_gone
+) -> int:
+    """Release the project's studies held by processes that are gone; returns how many."""
+    owners = session.scalars(
+        select(Study.claimed_by)
+        .where(Study.project == project, Study.claimed_by.is_not(None))
+        .distinct()
+    ).all()
+    released = 0
+    for owner in owners:
+        if is_gone(owner):
+            released += release(session, owner)
+    return released
+
+
+def claimable_counts(session: Session, project: str, pull: str) -> dict[int, int]:
+    """Studies claimable now, per source index (what lanes could start on)."""
+    now = _now()
+    query = (
+        select(Study.source_index, func.count())
+        .where(
+            Study.project == project,
+            Study.status.in_([s.value for s in WORK_TO_DO]),
+            or_(Study.claim_expires.is_(None), Study.claim_expires < now),
+            not_(and_(Study.status == StudyStatus.FAILED.value, Study.pull == pull)),
+        )
+        .group_by(Study.source_index)
+    )
+    return {index: n for index, n in session.execute(query)}
+
+
+def next_deferred(session: Session, project: str) -> dt.datetime | None:
+    """When the earliest deferred study (given back with a delay) becomes claimable."""
+    return session.scalar(
+        select(func.min(Study.claim_expires)).where(
+            Study.project == project,
+            Study.claimed_by.is_(None),
+            Study.claim_expires.is_not(None),
+            Study.status.in_([s.value for s in WORK_TO_DO]),
+        )
+    )

@@ -1,0 +1,167 @@
+"""The ledger as a queue: claims, leases, hand-on to the next source, deferral."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacsflow.ledger import Study, StudyStatus, claims, make_engine, migrate, session_factory
+from pacsflow.ledger import repository as repo
+from pacsflow.manifest import ManifestRow
+
+PROJECT = "my-study"
+
+
+def ingest(sessions: sessionmaker[Session], n: int, project: str = PROJECT) -> None:
+    rows = [
+        ManifestRow(row=i, study_date=dt.date(2024, 1, 1), mrn=f"M{i}", accession_number=f"A{i}")
+        for i in range(1, n + 1)
+    ]
+    with sessions() as session:
+        repo.ingest_manifest(session, project, rows)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+def test_a_claim_takes_each_study_once_and_marks_it_retrieving(sessions) -> None:
+    ingest(sessions, 3)
+    with sessions() as session:
+        taken = [claims.claim_next(session, PROJECT, 0, "w1", "pull-1") for _ in range(4)]
+    assert [s.id for s in taken[:3]] == [1, 2, 3] and taken[3] is None
+    assert all(s.status == StudyStatus.RETRIEVING and s.claimed_by == "w1" for s in taken[:3])
+    assert all(s.attempts == 1 and s.tries == 1 for s in taken[:3])
+
+
+def test_concurrent_claimers_never_share_a_study(sessions) -> None:
+    ingest(sessions, 200)
+    got: dict[str, list[int]] = {}
+
+    def worker(name: str) -> None:
+        mine = got.setdefault(name, [])
+        with sessions() as session:
+            while (study := claims.claim_next(session, PROJECT, 0, name, "pull-1")) is not None:
+                mine.append(study.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [i for ids in got.values() for i in ids]
+    assert sorted(every) == list(range(1, 201))
+
+
+def test_a_held_study_is_not_claimable_until_its_lease_runs_out(sessions) -> None:
+    ingest(sessions, 1)
+    with sessions() as session:
+        assert claims.claim_next(session, PROJECT, 0, "w1", "p", dt.timedelta(seconds=60))
+        assert claims.claim_next(session, PROJECT, 0, "w2", "p") is None
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        session.execute(update(Study).values(claim_expires=past))
+        session.commit()
+        again = claims.claim_next(session, PROJECT, 0, "w2", "p")
+    assert again is not None and again.claimed_by == "w2" and again.attempts == 2
+
+
+def test_renew_keeps_the_claim_and_a_lost_claim_is_refused(sessions) -> None:
+    ingest(sessions, 1)
+    with sessions() as session:
+        study = claims.claim_next(session, PROJECT, 0, "w1", "p", dt.timedelta(seconds=1))
+        assert claims.renew(session, "w1", dt.timedelta(seconds=60)) == 1
+        session.refresh(study)
+        assert study.claim_expires.replace(tzinfo=dt.UTC) > dt.datetime.now(dt.UTC) + dt.timedelta(
+            seconds=30
+        )
+        with pytest.raises(claims.ClaimLost, match="no longer held by this worker"):
+            claims.defer(session, study.id, "w2", 1.0)
+
+
+def test_not_found_moves_on_to_the_next_source_then_ends_not_found(sessions) -> None:
+    ingest(sessions, 1)
+    with sessions() as session:
+        study = claims.claim_next(session, PROJECT, 0, "w1", "p")
+        assert claims.pass_on(session, study.id, "w1", n_sources=2) == StudyStatus.RETRIEVING
+        assert claims.claim_next(session, PROJECT, 0, "w1", "p") is None  # not at primary
+        assert claims.claimable_counts(session, PROJECT, "p") == {1: 1}
+        study = claims.claim_next(session, PROJECT, 1, "w2", "p")
+        assert study is not None and study.tries == 1
+        assert claims.pass_on(session, study.id, "w2", n_sources=2) == StudyStatus.NOT_FOUND
+        session.refresh(study)
+    assert study.status == StudyStatus.NOT_FOUND and study.claimed_by is None
+
+
+def test_a_deferred_study_comes_back_after_its_delay_with_one_more_try(sessions) -> None:
+    ingest(sessions, 1)
+    with sessions() as session:
+        study = claims.claim_next(session, PROJECT, 0, "w1", "p")
+        claims.defer(session, study.id, "w1", 30.0)
+        assert claims.claim_next(session, PROJECT, 0, "w1", "p") is None
+        assert claims.claimable_counts(session, PROJECT, "p") == {}
+        assert claims.next_deferred(session, PROJECT) is not None
+        session.execute(update(Study).values(claim_expires=dt.datetime.now(dt.UTC)))
+        session.commit()
+        again = claims.claim_next(session, PROJECT, 0, "w1", "p")
+    assert again.tries == 2
+
+
+def test_a_study_failed_in_a_pull_waits_for_the_next_pull_at_the_primary(sessions) -> None:
+    ingest(sessions, 1)
+    with sessions() as session:
+        study = claims.claim_next(session, PROJECT, 0, "w1", "pull-1")
+        claims.pass_on(session, study.id, "w1", n_sources=2)
+        study = claims.claim_next(session, PROJECT, 1, "w1", "pull-1")
+        repo.mark_failed(session, study.id, "secondary aborted", "SourceUnavailable")
+        assert claims.claim_next(session, PROJECT, 0, "w1", "pull-1") is None
+        again = claims.claim_next(session, PROJECT, 0, "w1", "pull-2")
+    assert again is not None and again.source_index == 0 and again.tries == 1
+
+
+def test_studies_of_a_gone_process_are_released_at_once(sessions) -> None:
+    ingest(sessions, 2)
+    with sessions() as session:
+        claims.claim_next(session, PROJECT, 0, "dead-host:1:1", "p")
+        claims.claim_next(session, PROJECT, 0, claims.this_process(), "p")
+        released = claims.release_dead(session, PROJECT, is_gone=lambda o: o.startswith("dead"))
+        assert released == 1
+        assert claims.claimable_counts(session, PROJECT, "p") == {0: 1}
+
+
+def test_this_process_is_alive_and_a_finished_one_is_gone() -> None:
+    import subprocess
+    import sys
+
+    assert not claims.owner_is_gone(claims.this_process())
+    child = subprocess.run(
+        [sys.executable, "-c", "from pacsflow.ledger.claims import this_process as t; print(t())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert claims.owner_is_gone(child.stdout.strip())
+    assert not claims.owner_is_gone("another-host:1:1")  # only its lease can tell
+
+
+def test_a_final_status_ends_the_claim(sessions) -> None:
+    ingest(sessions, 1)
+    with sessions() as session:
+        study = claims.claim_next(session, PROJECT, 0, "w1", "p")
+        repo.mark_exported(session, study.id, 3)
+        session.refresh(study)
+    assert study.claimed_by is None and study.claim_expires is None
