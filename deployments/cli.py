@@ -128,8 +128,9 @@ def run_extract(
     project_file: Path,
     project: ProjectConfig,
     manifest: Path,
-    workers: int | None = None,
+    workers: int = 1,
     force_key_change: bool = False,
+    export_lanes: int | None = None,
 ) -> int:
     """Run the flow in this process, show progress from the ledger, return the exit code."""
     from blocks.site import save_site
@@ -138,18 +139,16 @@ def run_extract(
 
     save_site(site)
     outcome: dict[str, object] = {}
-    flow = extract_project
-    if workers:
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        flow = extract_project.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    options = {"export_lanes": export_lanes} if export_lanes else {}
 
     def target() -> None:
-        outcome["state"] = flow(
+        outcome["state"] = extract_project(
             project=str(project_file.resolve()),
             manifest=str(manifest.resolve()),
             force_key_change=force_key_change,
+            workers=workers,
             return_state=True,
+            **options,
         )
 
     worker = threading.Thread(target=target, name="pacsflow-flow", daemon=True)
@@ -198,7 +197,17 @@ def extract(
     project: Annotated[Path, typer.Option(help="Project file, e.g. projects/my-study.yaml")],
     manifest: Annotated[Path, typer.Option(help="Manifest, .csv or .parquet")],
     config: ConfigOption = Path("pacsflow.yaml"),
-    workers: Annotated[int, typer.Option(help="Studies processed at once by this run.")] = 4,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Split the pull over this many process-studies runs on a work pool "
+            "(needs the deployments and workers; see README). 1 runs it all here."
+        ),
+    ] = 1,
+    export_lanes: Annotated[
+        int | None,
+        typer.Option(help="Studies de-identified and exported at once in this process."),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
     force_key_change: Annotated[
         bool, typer.Option(help="Accept a new pseudonymisation key for a project with exports.")
@@ -209,7 +218,9 @@ def extract(
     site, proj, rows = _load_inputs(config, project, manifest)
     console.print(f"Manifest is valid: {rows} studies.")
     _connect(verbose)
-    raise typer.Exit(run_extract(site, project, proj, manifest, workers, force_key_change))
+    raise typer.Exit(
+        run_extract(site, project, proj, manifest, workers, force_key_change, export_lanes)
+    )
 
 
 @app.command()

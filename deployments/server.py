@@ -23,6 +23,13 @@ from pathlib import Path
 
 DEFAULT_PORT = 4200
 
+#: Server settings pacsflow relies on; set them on any Prefect server it runs against.
+#: A task waiting for a tag slot retries after the server's Retry-After, which is the
+#: slots' average occupancy capped at this setting (default 10 s). Lanes hold a slot for
+#: up to ``lane_seconds``, so without a low cap a freed slot would idle for seconds before
+#: another project's lane took it over.
+SERVER_SETTINGS = {"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"}
+
 
 @dataclass(frozen=True)
 class PrefectServer:
@@ -67,6 +74,7 @@ def ensure_server(
     log = (home / "server.log").open("ab")
     env = {
         **os.environ,
+        **SERVER_SETTINGS,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",

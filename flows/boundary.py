@@ -1,10 +1,9 @@
 """The boundary between study processing and Prefect, where patient data must stop.
 
 Our own errors (:class:`PacsflowError`) are written without identifiers. Other
-libraries' are not: a pydicom error can quote a patient's name, and a SQLAlchemy error
-quotes its SQL parameters, an MRN among them. Prefect logs a failed task's exception and
-may persist it, so such an exception is recorded in full in the ledger only and replaced
-by one that names the step and the exception type.
+libraries' are not (see :mod:`pacsflow.failures`). Prefect logs a failed task's
+exception and may persist it, so such an exception is recorded in full in the ledger
+only and replaced by one that names the step and the exception type.
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from pacsflow.errors import PacsflowError, PermanentError
+from pacsflow.failures import describe
 
 
 class StudyStepFailed(PermanentError):
-    """A library failed inside a study step; the details are in the ledger."""
+    """A library failed inside a step; the details are in the ledger."""
 
 
 @contextmanager
@@ -27,9 +27,7 @@ def confined(step: str, record: Callable[[str], None] | None = None) -> Iterator
     except PacsflowError:
         raise
     except Exception as exc:
+        failure = describe(step, exc)
         if record is not None:
-            record(f"{step}: {type(exc).__name__}: {exc}")
-        raise StudyStepFailed(
-            f"{step} failed with {type(exc).__name__}; the reason is in the ledger "
-            "(`pacsflow status`)"
-        ) from None
+            record(failure.detail)
+        raise StudyStepFailed(failure.public) from None

@@ -1,27 +1,35 @@
-"""The main flow: extract one project's manifest."""
+"""The main flow: extract one project's manifest.
+
+``extract-project`` validates and ingests the manifest, checks the key and the profile,
+sets the sources' limits, and then hands the studies the ledger says are not done to the
+retrieval subflow ``process-studies``: in this process, or, with ``workers`` > 1, as that
+many runs of the ``process-studies`` deployment on a work pool, which share the studies
+through the ledger's claims. Finished studies are filtered out by one count query; no
+task exists per study.
+"""
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
-from prefect.futures import wait
 from prefect.logging import get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.boundary import confined
 from flows.limits import ensure_source_limits
+from flows.process import EXPORT_LANES, process_studies
+from flows.progress import Progress, report
 from flows.runtime import profile, pseudonymizer, resolve_project, workspace
-from flows.study import process_study
 from pacsflow.config import ProjectConfig
 from pacsflow.errors import PacsflowError
+from pacsflow.ledger import claims
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import read_manifest
 
-#: Study workers per flow run. On 2 cores more threads do not help a Python pipeline;
-#: the sources' tag limits, not this number, protect the sources.
-DEFAULT_WORKERS = 4
+#: The deployment that ``workers`` > 1 runs chunks of a pull on (see deployments/).
+CHUNK_DEPLOYMENT = "process-studies/process-studies"
 
 
 class StudiesFailed(PacsflowError):
@@ -35,7 +43,8 @@ def check_key_and_profile(site: str, project: ProjectConfig, force_key_change: b
     Also builds the de-identification profile, so a bad profile file fails the run
     before any study is touched, and records its fingerprint for audit.
     """
-    fingerprint = pseudonymizer(project).hash_text("pacsflow key fingerprint", "fingerprint")
+    key = pseudonymizer(project, ttl=0)  # as the Secret block is now
+    fingerprint = key.hash_text("pacsflow key fingerprint", "fingerprint")
     with workspace(site).sessions() as session:
         repo.check_project_key(session, project.name, fingerprint, force=force_key_change)
         repo.record_profile(session, project.name, profile(project).fingerprint)
@@ -57,43 +66,81 @@ def _run_name() -> str:
     return f"extract-{Path(flow_run.parameters['project']).stem}"
 
 
-@flow(
-    name="extract-project",
-    flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS),
-)
+def _run_chunks(project: ProjectConfig, site: str, pull: str, total: int, workers: int) -> None:
+    """Run ``workers`` chunks of the pull as deployment runs, and wait for them all."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    runs = [
+        run_deployment(
+            CHUNK_DEPLOYMENT,
+            parameters={
+                "project": project.model_dump(mode="json"),
+                "pull": pull,
+                "site": site,
+                "total": total,
+                "chunk": chunk,
+            },
+            timeout=0,
+            as_subflow=True,
+        )
+        for chunk in range(workers)
+    ]
+    logger.info("started %s process-studies runs on the work pool", len(runs))
+    progress = Progress(workspace(site), project.name, pull, total)
+    with get_client(sync_client=True) as client:
+        while True:
+            states = [client.read_flow_run(run.id).state for run in runs]
+            progress.update()
+            if all(state is not None and state.is_final() for state in states):
+                break
+            time.sleep(1.0)
+    progress.update(force=True)
+    bad = [s.name for s in states if not s.is_completed()]
+    if bad:
+        logger.warning("%s of %s chunk runs did not complete: %s", len(bad), len(runs), bad)
+
+
+@flow(name="extract-project", flow_run_name=_run_name)
 def extract_project(
-    project: str, manifest: str, site: str = "default", force_key_change: bool = False
+    project: str,
+    manifest: str,
+    site: str = "default",
+    force_key_change: bool = False,
+    workers: int = 1,
+    export_lanes: int = EXPORT_LANES,
 ) -> dict[str, int]:
     """Ingest ``manifest`` for ``project``, then process every study not yet done.
 
     ``project`` is a project file or a slug (``projects/<slug>.yaml``); ``site`` names
-    the site block saved by ``pacsflow configure``. Finished studies are filtered out
-    from the ledger before any task is created.
+    the site block saved by ``pacsflow configure``. ``workers`` > 1 splits the work over
+    that many runs of the ``process-studies`` deployment (a work pool with workers).
     """
     logger = get_run_logger()
     config = resolve_project(project)
-    ws = workspace(site)
+    ws = workspace(site, ttl=0)  # as the blocks are now; tasks reuse it
     config.check_against(ws.site)
     check_key_and_profile(site, config, force_key_change)
     ingested = ingest_manifest(site, config.name, manifest)
     logger.info("manifest: %(rows)s studies, %(added)s new", ingested)
     ensure_source_limits(ws.site, config.sources)
 
+    pull = uuid.uuid4().hex
     with ws.sessions() as session:
-        todo = repo.studies_to_process(session, config.name)
-    logger.info("%s studies to process", len(todo))
-    futures = [process_study.submit(site, config, study_id, ref) for study_id, ref in todo]
-    wait(futures)
+        released = claims.release_dead(session, config.name)
+        todo = repo.count_to_process(session, config.name)
+    if released:
+        logger.info("%s studies held by stopped workers are free again", released)
+    logger.info("%s studies to process", todo)
+    if todo and workers > 1:
+        _run_chunks(config, site, pull, todo, workers)
+    elif todo:
+        process_studies(project=config, pull=pull, site=site, total=todo, export_lanes=export_lanes)
 
+    counts = report(ws, config.name, pull)
     with ws.sessions() as session:
-        counts = repo.status_counts(session, config.name)
-    create_table_artifact(
-        key=f"{config.name}-status",
-        table=[{"status": status, "studies": n} for status, n in counts.items()],
-        description=f"Studies per status for project {config.name} (no patient data).",
-    )
-    failed_now = sum(1 for f in futures if f.state.is_failed())
+        failed_now = repo.pull_counts(session, config.name, pull).get("failed", 0)
     if failed_now:
         raise StudiesFailed(
             f"{failed_now} studies failed this run; see `pacsflow status --project {config.name}`"

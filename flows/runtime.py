@@ -1,30 +1,62 @@
-"""What a worker process builds once and reuses: the workspace and pseudonymizers.
+"""What a worker process loads once and reuses: the workspace, keys and profiles.
 
-Nothing is built at import; the first task that needs it loads the blocks.
+Site blocks and the project's key secret are read from the Prefect API at most once per
+:data:`TTL` seconds per process, not once per task or study: with lanes that process
+hundreds of studies each, a round trip per study would cost more than a small study's
+transfer. A block edited in the UI is seen within the TTL. Nothing is loaded at import.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from blocks.secrets import project_key
 from blocks.site import load_site
-from pacsflow.config import ProjectConfig, load_project_config
+from pacsflow.config import ProjectConfig, SiteConfig, load_project_config
 from pacsflow.deid.profile import Profile, build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.pipeline import Workspace
 
+#: Seconds a loaded block or secret is reused before it is read again.
+TTL = 60.0
+
+_T = TypeVar("_T")
 _lock = threading.Lock()
+_loaded: dict[tuple, tuple[float, object]] = {}
 _workspaces: dict[str, Workspace] = {}
 _pseudonymizers: dict[str, Pseudonymizer] = {}
 _profiles: dict[tuple, Profile] = {}
 
 
-def workspace(site_block: str) -> Workspace:
-    """The workspace for the site saved as ``site_block``; reused while it is unchanged."""
-    site = load_site(site_block)
+def _cached(key: tuple, load: Callable[[], _T], ttl: float) -> _T:
+    now = time.monotonic()
+    with _lock:
+        hit = _loaded.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]  # type: ignore[return-value]
+    value = load()
+    with _lock:
+        _loaded[key] = (now, value)
+    return value
+
+
+def site_config(site_block: str, ttl: float = TTL) -> SiteConfig:
+    """The site saved as ``site_block`` (``pacsflow configure``), read at most every ``ttl`` s."""
+    return _cached(("site", site_block), lambda: load_site(site_block), ttl)
+
+
+def workspace(site_block: str, ttl: float = TTL) -> Workspace:
+    """The workspace for the site; one per site configuration per process.
+
+    The ledger engine, its migrations and the claim-renewing thread are made once. A
+    flow run reads the blocks afresh once (``ttl=0``); its tasks then reuse them.
+    """
+    site = site_config(site_block, ttl)
     key = site.model_dump_json()
     with _lock:
         if key not in _workspaces:
@@ -34,13 +66,15 @@ def workspace(site_block: str) -> Workspace:
         return _workspaces[key]
 
 
-def pseudonymizer(project: ProjectConfig) -> Pseudonymizer:
-    """The project's pseudonymizer, from its Secret block as it is now.
+def pseudonymizer(project: ProjectConfig, ttl: float = TTL) -> Pseudonymizer:
+    """The project's pseudonymizer from its Secret block, read at most every ``ttl`` s.
 
-    The secret is read on every call (a key changed while a worker runs must be seen,
-    so the ledger's key check can refuse it); the object is reused per key.
+    The run's key check reads it with ``ttl=0``, so a key changed in the UI is refused
+    at the start of the next run (see ``repository.check_project_key``).
     """
-    key = project_key(project.key_secret_name)
+    key = _cached(
+        ("key", project.key_secret_name), lambda: project_key(project.key_secret_name), ttl
+    )
     with _lock:
         if key not in _pseudonymizers:
             _pseudonymizers[key] = Pseudonymizer.from_hex(key)

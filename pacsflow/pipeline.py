@@ -20,7 +20,7 @@ from pacsflow.deid.files import read_instance, write_instance
 from pacsflow.deid.phi_gate import GateResult, find_leaks, identifiers_from
 from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
-from pacsflow.dicom import storage
+from pacsflow.dicom import routes, storage
 from pacsflow.dicom.query import StudyQuery, find_study
 from pacsflow.dicom.receiver import process_receiver
 from pacsflow.dicom.retrieve import get_study, move_study
@@ -28,7 +28,9 @@ from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export import make_destination
 from pacsflow.filters import read_headers, select_instances
 from pacsflow.ledger import repository as repo
-from pacsflow.ledger.models import StudyStatus
+from pacsflow.ledger.leases import LeaseKeeper
+from pacsflow.ledger.models import Study, StudyStatus
+from pacsflow.processes import this_process
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,7 +41,16 @@ class Workspace:
 
     site: SiteConfig
     sessions: sessionmaker[Session]
-    locks: storage.StudyLocks = field(default_factory=storage.StudyLocks)
+    #: Who holds this process's claims in the ledger (see pacsflow.ledger.claims).
+    owner: str = field(default_factory=this_process)
+    _leases: LeaseKeeper | None = field(default=None, repr=False)
+
+    @property
+    def leases(self) -> LeaseKeeper:
+        """Renews this process's claims in the background, started on first use."""
+        if self._leases is None:
+            self._leases = LeaseKeeper(self.sessions, self.owner).start()
+        return self._leases
 
     @property
     def calling_ae(self) -> str:
@@ -48,6 +59,10 @@ class Workspace:
     @property
     def staging(self) -> Path:
         return Path(self.site.staging)
+
+    def raw_dir(self, study: Study) -> Path:
+        """The study's raw staging folder, this project's own (see storage.study_dir)."""
+        return storage.study_dir(self.staging, study.project, study.found_study_uid)
 
 
 def begin(ws: Workspace, study_id: int) -> bool:
@@ -97,15 +112,15 @@ def fetch(ws: Workspace, study_id: int, source_name: str) -> int:
         study_uid, expected = study.found_study_uid, study.expected_instances
     if not study_uid:
         raise PermanentError("fetch called before the study was located")
-    folder = storage.study_dir(ws.staging, study_uid)
-    with ws.locks.for_study(study_uid):
-        storage.clear(folder)
-        if source.retrieve == RetrieveMethod.GET:
-            outcome = get_study(source, ws.calling_ae, study_uid, ws.staging)
-        else:
-            receiver = process_receiver(ws.site.receiver, ws.staging)
+    folder = ws.raw_dir(study)
+    storage.clear(folder)
+    if source.retrieve == RetrieveMethod.GET:
+        outcome = get_study(source, ws.calling_ae, study_uid, folder)
+    else:
+        receiver = process_receiver(ws.site.receiver, ws.staging)
+        with routes.expect_study(ws.staging, study_uid, folder):
             outcome = move_study(source, ws.calling_ae, receiver.config.ae_title, study_uid)
-        received = storage.count_instances(folder)
+    received = storage.count_instances(folder)
     with ws.sessions() as session:
         repo.update_study(session, study_id, received_instances=received)
     wanted = expected if expected is not None else outcome.completed
@@ -130,8 +145,7 @@ def _finish(ws: Workspace, study, status: StudyStatus, reason: str | None, *fold
         shutil.rmtree(folder, ignore_errors=True)
     with ws.sessions() as session:
         repo.update_study(session, study.id, status=status, last_error=reason)
-    with ws.locks.for_study(study.found_study_uid):
-        storage.clear(storage.study_dir(ws.staging, study.found_study_uid))
+    storage.clear(ws.raw_dir(study))
     return status.value
 
 
@@ -151,7 +165,7 @@ def deidentify_and_export(
     """
     with ws.sessions() as session:
         study = repo.get_study(session, study_id)
-    raw = storage.study_dir(ws.staging, study.found_study_uid)
+    raw = ws.raw_dir(study)
     files = sorted(raw.glob("*.dcm"))
     if not files:
         raise RetriableError("no retrieved instances in staging; the study will be fetched again")
@@ -209,8 +223,7 @@ def deidentify_and_export(
         )
         repo.mark_exported(session, study_id, receipt.instances)
     shutil.rmtree(work, ignore_errors=True)
-    with ws.locks.for_study(study.found_study_uid):
-        storage.clear(raw)
+    storage.clear(raw)
     return StudyStatus.EXPORTED.value
 
 

@@ -1000,9 +1000,12 @@ class PrefectServerProcess(_ProcessHandle):
 
 def prefect_server_env(home: Path, database_url: str | None = None) -> dict[str, str]:
     """Environment for a hermetic server: no inherited ``PREFECT_*`` (API URL, profile...)."""
+    from deployments.server import SERVER_SETTINGS
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         {
+            **SERVER_SETTINGS,
             "PREFECT_HOME": str(home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_UI_ENABLED": "false",

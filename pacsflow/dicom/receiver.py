@@ -17,6 +17,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ReceiverConfig
+from pacsflow.dicom import routes
 from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
 from pacsflow.dicom.storage import handle_store
 from pacsflow.errors import ConfigError
@@ -43,10 +44,13 @@ def _answers_echo(config: ReceiverConfig) -> bool:
 class Receiver:
     """A running storage SCP writing into ``staging`` (see :mod:`pacsflow.dicom.storage`).
 
-    When the port is already served by another pacsflow process of the same site (a
-    standing ``pacsflow receiver``, or a concurrent flow run), that receiver is used:
-    a C-MOVE's final response comes only after every instance was stored, so the
-    files are in the shared staging folder when :func:`move_study` returns.
+    Each arriving instance goes to the folder its study's route names
+    (:mod:`pacsflow.dicom.routes`); the routes live in ``staging``, so the receiver of any
+    pacsflow process of the site can serve every process's moves. When the port is
+    already served by another pacsflow process (a standing ``pacsflow receiver``, or a
+    concurrent flow run), that receiver is used: a C-MOVE's final response comes only
+    after every instance was stored, so the files are in place when :func:`move_study`
+    returns.
     """
 
     def __init__(self, config: ReceiverConfig, staging: Path) -> None:
@@ -54,6 +58,9 @@ class Receiver:
         self.staging = Path(staging)
         self._server = None
         self.shared = False
+
+    def _folder_for(self, study_uid: str) -> Path | None:
+        return routes.lookup(self.staging, study_uid)
 
     @property
     def running(self) -> bool:
@@ -68,7 +75,7 @@ class Receiver:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         handlers = [
             *NODELAY_HANDLERS,
-            (evt.EVT_C_STORE, partial(handle_store, staging=self.staging)),
+            (evt.EVT_C_STORE, partial(handle_store, folder_for=self._folder_for)),
         ]
         self.staging.mkdir(parents=True, exist_ok=True)
         try:

@@ -104,9 +104,9 @@ def move_study(
 
 
 def get_study(
-    source: SourceConfig, calling_ae: str, study_uid: str, staging: Path
+    source: SourceConfig, calling_ae: str, study_uid: str, folder: Path
 ) -> RetrieveOutcome:
-    """Pull the study over our own association into ``staging`` (no receiver needed).
+    """Pull the study over our own association into ``folder`` (no receiver needed).
 
     C-GET needs each storage SOP class requested with the SCP role, within the limit
     of 128 presentation contexts (PS3.8 9.3.2.2): the GET context plus pynetdicom's
@@ -118,7 +118,11 @@ def get_study(
     for context in StoragePresentationContexts:
         ae.add_requested_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         roles.append(build_role(context.abstract_syntax, scp_role=True))
-    handlers = [*NODELAY_HANDLERS, (evt.EVT_C_STORE, partial(handle_store, staging=staging))]
+
+    def folder_for(uid: str) -> Path | None:
+        return folder if uid == study_uid else None
+
+    handlers = [*NODELAY_HANDLERS, (evt.EVT_C_STORE, partial(handle_store, folder_for=folder_for))]
     assoc = _associate(ae, source, handlers, ext_neg=roles)
     try:
         responses = assoc.send_c_get(

@@ -1,8 +1,10 @@
-"""Where retrieved instances land: one raw staging folder per study.
+"""Where retrieved instances land: one raw staging folder per project and study.
 
-Used by our C-MOVE receiver and by C-GET alike. The handler only writes the bytes it
-was sent (a slow ``EVT_C_STORE`` handler throttles the sender) and returns a status
-(PS3.4 Annex B.2.3).
+Two projects may ask for the same study at once (in one process or in two), so the
+folder is keyed by both: neither can fill or clear the other's. Used by our C-MOVE
+receiver (which finds the folder through :mod:`pacsflow.dicom.routes`) and by C-GET.
+The handler only writes the bytes it was sent (a slow ``EVT_C_STORE`` handler throttles
+the sender) and returns a status (PS3.4 Annex B.2.3).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 import shutil
 import threading
-from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from pynetdicom import evt
@@ -22,16 +24,20 @@ LOGGER = logging.getLogger(__name__)
 _SUCCESS = 0x0000
 _OUT_OF_RESOURCES = 0xA700
 _CANNOT_UNDERSTAND = 0xC000
+_PROCESSING_FAILURE = 0x0110
 
 
-def study_dir(staging: Path, study_uid: str) -> Path:
-    """The raw folder for a study; named by a hash so paths carry no UID."""
-    digest = hashlib.sha256(study_uid.encode()).hexdigest()[:32]
-    return staging / "incoming" / digest
+def study_dir(staging: Path, project: str, study_uid: str) -> Path:
+    """The raw folder for one project's copy of a study; a hash, so paths carry no UID."""
+    digest = hashlib.sha256(f"{project}|{study_uid}".encode()).hexdigest()[:32]
+    return Path(staging) / "incoming" / digest
 
 
-def handle_store(event: evt.Event, staging: Path) -> int:
-    """Write one received instance to its study's folder, atomically."""
+def handle_store(event: evt.Event, folder_for: Callable[[str], Path | None]) -> int:
+    """Write one received instance, atomically, to the folder ``folder_for(study UID)``.
+
+    An instance of a study nobody asked for (no folder) is refused, not kept.
+    """
     try:
         ds = event.dataset
         study_uid = str(ds.StudyInstanceUID)
@@ -39,7 +45,10 @@ def handle_store(event: evt.Event, staging: Path) -> int:
     except Exception:  # a dataset we cannot read: refuse it, keep serving others
         LOGGER.exception("received an instance without readable study/SOP UIDs")
         return _CANNOT_UNDERSTAND
-    folder = study_dir(staging, study_uid)
+    folder = folder_for(study_uid)
+    if folder is None:
+        LOGGER.warning("refused an instance of a study no retrieval is waiting for")
+        return _PROCESSING_FAILURE
     name = hashlib.sha256(sop_uid.encode()).hexdigest()[:32] + ".dcm"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,15 +68,3 @@ def count_instances(folder: Path) -> int:
 
 def clear(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
-
-
-class StudyLocks:
-    """One lock per study UID, so two projects never fill or empty one folder at once."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-
-    def for_study(self, study_uid: str) -> threading.Lock:
-        with self._guard:
-            return self._locks[study_uid]

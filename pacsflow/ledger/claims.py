@@ -17,15 +17,13 @@ pull (``pull`` records who tried); the next pull picks it up.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import and_, case, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from pacsflow.ledger.models import FINAL, WORK_TO_DO, Study, StudyStatus
+from pacsflow.processes import process_is_gone
 
 #: How long a claim holds without renewal. The owner renews it every third of this.
 DEFAULT_LEASE = dt.timedelta(seconds=60)
@@ -33,33 +31,6 @@ DEFAULT_LEASE = dt.timedelta(seconds=60)
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _process_start(pid: int) -> str:
-    """The kernel's start time of ``pid`` (clock ticks since boot); "" when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[19]
-
-
-def this_process() -> str:
-    """The claim owner name of this process: host, pid and start time (pids get reused)."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
-
-
-def owner_is_gone(owner: str) -> bool:
-    """True when ``owner`` was a process on this host that no longer runs.
-
-    Owners on other hosts are never judged gone here: their leases expire instead.
-    """
-    host, _, rest = owner.partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    return _process_start(int(pid_text)) != started
 
 
 def _claimable(project: str, source_index: int, pull: str, now: dt.datetime):
@@ -203,7 +174,7 @@ def release(session: Session, owner: str) -> int:
 
 
 def release_dead(
-    session: Session, project: str, is_gone: Callable[[str], bool] = owner_is_gone
+    session: Session, project: str, is_gone: Callable[[str], bool] = process_is_gone
 ) -> int:
     """Release the project's studies held by processes that are gone; returns how many."""
     owners = session.scalars(

@@ -94,6 +94,43 @@ def studies_to_process(session: Session, project: str) -> list[tuple[int, str]]:
     return [(row.id, row.ref) for row in session.execute(query)]
 
 
+def count_to_process(session: Session, project: str) -> int:
+    """How many of the project's studies a new pull would work on."""
+    return session.scalar(
+        select(func.count())
+        .select_from(Study)
+        .where(Study.project == project, Study.status.in_([s.value for s in WORK_TO_DO]))
+    )
+
+
+def pull_counts(session: Session, project: str, pull: str) -> dict[str, int]:
+    """The statuses of the studies one pull has attempted (for its progress and report)."""
+    query = (
+        select(Study.status, func.count())
+        .where(Study.project == project, Study.pull == pull)
+        .group_by(Study.status)
+    )
+    return {str(status): n for status, n in session.execute(query)}
+
+
+def pull_failures(session: Session, project: str, pull: str, limit: int = 200) -> list[tuple]:
+    """(ledger id, status, error type) of the pull's studies that did not export.
+
+    Error types hold no identifiers (see pacsflow.failures), so they may be shown in Prefect.
+    """
+    query = (
+        select(Study.id, Study.status, Study.error_type)
+        .where(
+            Study.project == project,
+            Study.pull == pull,
+            Study.status.in_([StudyStatus.FAILED.value, StudyStatus.QUARANTINED.value]),
+        )
+        .order_by(Study.id)
+        .limit(limit)
+    )
+    return [tuple(row) for row in session.execute(query)]
+
+
 def get_study(session: Session, study_id: int) -> Study:
     study = session.get(Study, study_id)
     if study is None:

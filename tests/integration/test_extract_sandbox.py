@@ -138,8 +138,6 @@ def test_a_killed_extraction_resumes_without_loss_or_duplicates(tmp_path, prefec
             str(folder / "projects" / "sandbox-demo.yaml"),
             "--manifest",
             str(folder / "manifest.csv"),
-            "--workers",
-            "2",
         ]
         extract = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path
@@ -224,18 +222,18 @@ def test_an_image_limit_bounds_retrievals_and_is_released(sandbox, prefect_api, 
     """With max_images, each fetch holds slots of a global limit; all return at the end."""
     from prefect.client.orchestration import get_client
 
-    import flows.study
+    import flows.lanes
     from blocks.site import save_site
     from flows.extract import extract_project
 
     taken = []
-    real_concurrency = flows.study.concurrency
+    real_concurrency = flows.lanes.concurrency
 
     def spy(names, occupy=1, **kwargs):
         taken.append((names, occupy))
         return real_concurrency(names, occupy=occupy, **kwargs)
 
-    monkeypatch.setattr(flows.study, "concurrency", spy)
+    monkeypatch.setattr(flows.lanes, "concurrency", spy)
 
     data = yaml.safe_load(sandbox.config_path.read_text())
     data["sources"]["primary"]["max_images"] = 8  # studies have 6 instances: one at a time

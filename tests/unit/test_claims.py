@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacsflow.ledger import Study, StudyStatus, claims, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import ManifestRow
+from pacsflow.processes import process_is_gone, this_process
 
 PROJECT = "my-study"
 
@@ -137,7 +138,7 @@ def test_studies_of_a_gone_process_are_released_at_once(sessions) -> None:
     ingest(sessions, 2)
     with sessions() as session:
         claims.claim_next(session, PROJECT, 0, "dead-host:1:1", "p")
-        claims.claim_next(session, PROJECT, 0, claims.this_process(), "p")
+        claims.claim_next(session, PROJECT, 0, this_process(), "p")
         released = claims.release_dead(session, PROJECT, is_gone=lambda o: o.startswith("dead"))
         assert released == 1
         assert claims.claimable_counts(session, PROJECT, "p") == {0: 1}
@@ -147,15 +148,15 @@ def test_this_process_is_alive_and_a_finished_one_is_gone() -> None:
     import subprocess
     import sys
 
-    assert not claims.owner_is_gone(claims.this_process())
+    assert not process_is_gone(this_process())
     child = subprocess.run(
-        [sys.executable, "-c", "from pacsflow.ledger.claims import this_process as t; print(t())"],
+        [sys.executable, "-c", "from pacsflow.processes import this_process as t; print(t())"],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert claims.owner_is_gone(child.stdout.strip())
-    assert not claims.owner_is_gone("another-host:1:1")  # only its lease can tell
+    assert process_is_gone(child.stdout.strip())
+    assert not process_is_gone("another-host:1:1")  # only its lease can tell
 
 
 def test_a_final_status_ends_the_claim(sessions) -> None:

@@ -179,7 +179,7 @@ def test_study_in_primary_is_located_and_moved(ws: Workspace) -> None:
     assert study.expected_instances == 4
 
     assert fetch(ws, study_id, "primary") == 4
-    folder = storage.study_dir(ws.staging, IN_PRIMARY[0].StudyInstanceUID)
+    folder = storage.study_dir(ws.staging, PROJECT.name, IN_PRIMARY[0].StudyInstanceUID)
     received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in folder.glob("*.dcm")}
     assert received == {str(ds.SOPInstanceUID) for ds in IN_PRIMARY}
     assert ledger_row(ws, study_id).received_instances == 4
@@ -195,7 +195,7 @@ def test_study_only_in_secondary_falls_through_to_it(ws: Workspace) -> None:
     assert locate(ws, study_id, "secondary") is True
     assert ledger_row(ws, study_id).source == "secondary"
     assert fetch(ws, study_id, "secondary") == 3  # by C-GET, no receiver involved
-    folder = storage.study_dir(ws.staging, IN_SECONDARY[0].StudyInstanceUID)
+    folder = storage.study_dir(ws.staging, PROJECT.name, IN_SECONDARY[0].StudyInstanceUID)
     assert storage.count_instances(folder) == 3
 
 
@@ -293,7 +293,7 @@ def test_deidentify_and_export(ws: Workspace, site: SiteConfig) -> None:
     assert study.exported_instances == 4
     assert study.exported_at is not None
     # Raw (identifiable) staging is gone, and so is the de-identification work folder.
-    assert not storage.study_dir(ws.staging, str(original.StudyInstanceUID)).exists()
+    assert not storage.study_dir(ws.staging, PROJECT.name, str(original.StudyInstanceUID)).exists()
     assert not (ws.staging / "deid" / study.ref).exists()
     # A later run does not start the study again.
     assert begin(ws, study_id) is False
@@ -332,7 +332,7 @@ def test_a_study_whose_series_are_all_filtered_out_is_excluded(ws: Workspace) ->
     assert study.status == StudyStatus.EXCLUDED
     assert study.last_error == "kept 0 of 1 series; dropped: 1 by modality"
     assert not (ws.staging / "deid" / study.ref).exists()
-    assert not storage.study_dir(ws.staging, study.found_study_uid).exists()
+    assert not storage.study_dir(ws.staging, PROJECT.name, study.found_study_uid).exists()
     assert not (ws.site.destinations["local"].path / PROJECT.name).exists()
 
 

@@ -1,0 +1,183 @@
+"""Lanes: long-lived tasks that each hold one slot of a source and work study after study.
+
+A Prefect task (and its slot acquisition) per study per stage costs more than a small
+study's transfer, so work is batched: a **retrieval lane** is one task run tagged
+``source:<name>``; the task engine acquires one slot of that tag's concurrency limit for
+it, and the lane keeps it while it claims studies waiting for its source from the ledger
+(:mod:`pacsflow.ledger.claims`) and finds and fetches them one after another. A study the
+source does not hold moves on to the project's next source, whose lanes take it from
+there. A fetched study is handed to an **export lane** of the same process (de-identify,
+PHI gate, export: CPU work that must not hold a source's slot) through a bounded queue.
+
+A lane ends when no study is waiting for its source, or after ``lane_seconds`` so that
+the slot passes to other projects' lanes; the dispatcher (:mod:`flows.process`) starts
+another while work remains. Lanes return counts; per-study failures are logged by ledger
+id and identifier-free reason, and recorded in full in the ledger.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from contextlib import nullcontext
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.logging import get_run_logger
+
+from flows.limits import image_limit_name, image_slots
+from flows.runtime import profile, pseudonymizer, workspace
+from pacsflow import failures, pipeline
+from pacsflow.config import ProjectConfig
+from pacsflow.ledger import claims
+from pacsflow.ledger.models import Study
+
+#: Default seconds a retrieval lane works before it gives its slot back (if work remains,
+#: a new lane queues for it, so other projects' lanes get a turn).
+LANE_SECONDS = 30.0
+
+
+class Handoff:
+    """The bounded queue from a process's retrieval lanes to its export lanes.
+
+    Bounded, so lanes wait when de-identification falls behind instead of filling the
+    disk with staged studies. Registered by a key, so tasks receive a string parameter.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.key = uuid.uuid4().hex
+        self._queue: queue.Queue[int | None] = queue.Queue(maxsize=maxsize)
+        self._closed = threading.Event()
+
+    def put(self, study_id: int) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(study_id, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise RuntimeError("the export lanes have stopped; the study stays claimed until its lease")
+
+    def get(self) -> int | None:
+        return self._queue.get()
+
+    def close(self, consumers: int) -> None:
+        """No more studies: each export lane gets its end-of-work marker."""
+        for _ in range(consumers):
+            self._queue.put(None)
+
+    def abandon(self) -> None:
+        self._closed.set()
+
+
+_handoffs: dict[str, Handoff] = {}
+
+
+def open_handoff(maxsize: int) -> Handoff:
+    handoff = Handoff(maxsize)
+    _handoffs[handoff.key] = handoff
+    return handoff
+
+
+def close_handoff(handoff: Handoff) -> None:
+    _handoffs.pop(handoff.key, None)
+
+
+def _fetch(ws: pipeline.Workspace, study: Study, source_name: str) -> int:
+    """Fetch, first occupying the source's image limit with the study's instance count."""
+    max_images = ws.site.sources[source_name].max_images
+    guard = nullcontext()
+    if max_images:
+        slots = image_slots(pipeline.expected_instances(ws, study.id), max_images)
+        guard = concurrency(image_limit_name(source_name), occupy=slots, strict=True)
+    with guard:
+        return pipeline.fetch(ws, study.id, source_name)
+
+
+@task(task_run_name="{source_name}-lane-{lane}", cache_policy=NO_CACHE)
+def retrieval_lane(
+    site: str,
+    project: ProjectConfig,
+    source_name: str,
+    lane: int,
+    pull: str,
+    handoff: str,
+    lane_seconds: float = LANE_SECONDS,
+) -> dict[str, int]:
+    """Find and fetch the project's studies waiting for ``source_name``, one at a time.
+
+    Carries the tag ``source:<name>`` (set by the dispatcher), so it runs only while it
+    holds one of the source's slots. Returns counts: staged, passed on, not found,
+    deferred (a transient error: tried again after the source's retry delay), failed.
+    """
+    logger = get_run_logger()
+    ws = workspace(site)
+    ws.leases  # noqa: B018 - start renewing this process's claims
+    source_index = project.sources.index(source_name)
+    delays = ws.site.sources[source_name].retry_delays
+    counts: Counter[str] = Counter()
+    deadline = time.monotonic() + lane_seconds
+    while time.monotonic() < deadline:
+        with ws.sessions() as session:
+            study = claims.claim_next(session, project.name, source_index, ws.owner, pull)
+        if study is None:
+            break
+        step = "find"
+        try:
+            if not pipeline.locate(ws, study.id, source_name):
+                with ws.sessions() as session:
+                    status = claims.pass_on(session, study.id, ws.owner, len(project.sources))
+                counts["not_found" if status == "not_found" else "passed_on"] += 1
+                continue
+            step = "fetch"
+            _fetch(ws, study, source_name)
+            _handoffs[handoff].put(study.id)
+            counts["staged"] += 1
+        except Exception as exc:
+            failure = failures.describe(step, exc)
+            with ws.sessions() as session:
+                deferred = failures.record(
+                    session, study.id, ws.owner, failure, study.tries, delays
+                )
+            counts["deferred" if deferred else "failed"] += 1
+            logger.warning(
+                "study %s at %s: %s%s",
+                study.id,
+                source_name,
+                failure.public,
+                " (will be tried again)" if deferred else "",
+            )
+    return dict(counts)
+
+
+@task(task_run_name="export-lane-{lane}", cache_policy=NO_CACHE)
+def export_lane(site: str, project: ProjectConfig, lane: int, handoff: str) -> dict[str, int]:
+    """De-identify, PHI-check and export staged studies until the retrieval lanes are done.
+
+    Returns counts per final status (exported, excluded, quarantined, failed).
+    """
+    logger = get_run_logger()
+    ws = workspace(site)
+    counts: Counter[str] = Counter()
+    queue_ = _handoffs[handoff]
+    while (study_id := queue_.get()) is not None:
+        try:
+            status = pipeline.deidentify_and_export(
+                ws, study_id, project, pseudonymizer(project), profile(project)
+            )
+        except Exception as exc:
+            failure = failures.describe("de-identify and export", exc)
+            with ws.sessions() as session:
+                study = session.get(Study, study_id)
+                tries = study.tries if study is not None else 1
+            with ws.sessions() as session:
+                # No retry delay here: a later pull fetches the study again.
+                failures.record(session, study_id, ws.owner, failure, tries, [])
+            logger.warning("study %s: %s", study_id, failure.public)
+            status = "failed"
+        counts[status] += 1
+    return dict(counts)
