@@ -152,26 +152,24 @@ def _identifiers(studies: dict) -> list[str]:
     return values
 
 
-def _task_runs(client, flow_run_id=None, name_like="study-"):
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        TaskRunFilter,
-        TaskRunFilterName,
+def _task_runs(client, flow_run_ids):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))), limit=200
     )
 
-    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])) if flow_run_id else None
-    runs = client.read_task_runs(
-        flow_run_filter=flow_filter,
-        task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name_like)),
-        limit=200,
-    )
-    return [r for r in runs if re.fullmatch(r"study-\d+", r.name)]
+
+def _subflow_ids(client, parent_id):
+    """``parent_id`` and the flow runs started inside it (the process-studies subflow)."""
+    in_parent = {t.id for t in _task_runs(client, [parent_id])}
+    children = [r.id for r in client.read_flow_runs(limit=200) if r.parent_task_run_id in in_parent]
+    assert children, "the extraction ran no subflow"
+    return [parent_id, *children]
 
 
 def test_extract_project_from_two_orthancs(scenario, prefect_api):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     from blocks.site import save_site
     from flows.extract import extract_project
@@ -220,28 +218,31 @@ def test_extract_project_from_two_orthancs(scenario, prefect_api):
         words = {w.upper() for t in texts for w in re.split(r"[^A-Za-z0-9.]+", t)}
         assert not words & {v.upper() for v in identifiers}, f"{path.name} holds a name part"
 
-    # Prefect: per-source tag limits exist and no identifier reached the database.
+    # Prefect: per-source tag limits exist, lanes carry them, no identifier reached it.
     with get_client(sync_client=True) as client:
         limit = client.read_concurrency_limit_by_tag("source:primary")
         assert limit.concurrency_limit == 3
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
-        runs = _task_runs(client, flow_run.id)
-        assert len(runs) == 5
-        source_tasks = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-study-")), limit=200
+        runs = _task_runs(client, _subflow_ids(client, flow_run.id))
+        lanes = [t for t in runs if re.fullmatch(r"(primary|secondary)-lane-\d+", t.name)]
+        assert {t.name.split("-")[0] for t in lanes} == {"primary", "secondary"}
+        assert all(t.tags == [f"source:{t.name.split('-')[0]}"] for t in lanes), (
+            "every retrieval lane carries its source's tag"
         )
-        tagged = [t for t in source_tasks if t.name.startswith(("find-study-", "fetch-study-"))]
-        assert tagged and all(t.tags == [f"source:{t.name.rsplit('-', 1)[-1]}"] for t in tagged), (
-            "every find/fetch task carries its source's tag"
-        )
+        assert any(t.name.startswith("export-lane-") for t in runs)
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        flow_ids = _subflow_ids(client, flow_run.id)
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_ids)))
         subflows = client.read_flow_runs()
+        artifacts = client.read_artifacts()
         stored = json.dumps(flow_run.parameters) + " ".join(r.name for r in runs)
         stored += " ".join(log.message for log in logs) + " ".join(f.name for f in subflows)
+        stored += " ".join(json.dumps(f.parameters) for f in subflows)
+        stored += " ".join(str(a.data) + str(a.description) for a in artifacts)
         assert not [v for v in identifiers if v in stored]
-        assert sum(1 for f in subflows if f.name.startswith("retrieve-study-")) >= 5
+        assert any(f.name == f"process-{PROJECT}-0" for f in subflows)
+        assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
 
     # A second run: the ledger filters everything out before any study task is made.
     second = extract_project(
@@ -251,4 +252,8 @@ def test_extract_project_from_two_orthancs(scenario, prefect_api):
     assert second.result() == counts
     assert sorted(root.glob("*/*/*.dcm")) == exported
     with get_client(sync_client=True) as client:
-        assert _task_runs(client, second.state_details.flow_run_id) == []
+        second_runs = _task_runs(client, [second.state_details.flow_run_id])
+    assert sorted(t.name for t in second_runs) == [
+        "check-project-key-and-profile",
+        "ingest-manifest",
+    ]
