@@ -402,5 +402,25 @@ def serve(
     serve_deployments(project, manifest, cron)
 
 
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="Process work pool to create or use.")] = "pacsflow",
+) -> None:
+    """Register extract-project and process-studies on a process work pool.
+
+    Then run `prefect worker start --pool POOL` on each machine (same code, ledger and
+    staging), and trigger extract-project with workers > 1 to share a pull among them.
+    """
+    server = _connect(verbose=True)
+    from deployments.serve import deploy_to_pool
+
+    for name in deploy_to_pool(pool):
+        console.print(f"Deployed {name} on work pool {pool!r}")
+    console.print(
+        f"Start workers with: prefect worker start --pool {pool}\n"
+        f"Trigger runs at {server.ui_url}/deployments"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -1,20 +1,34 @@
-"""Serve the extraction flow so users trigger it from the Prefect UI and schedule it.
+"""Serve or deploy the flows, so users trigger them from the Prefect UI and schedule them.
 
-``pacsflow serve`` runs this: one process polls the server for runs of the
-``extract-project`` deployment and executes each in a subprocess. Keep a standing
-``pacsflow receiver`` beside it, so every run shares one C-MOVE receiver.
+Two deployments: ``extract-project`` (what users run) and ``process-studies`` (the
+retrieval subflow, which ``extract-project`` runs as deployment runs when asked for
+``workers`` > 1, so that a pull is shared by several worker processes or machines).
 
-For work pools and workers instead, use ``prefect deploy`` with ``prefect.yaml``.
+- ``pacsflow serve`` runs both in one long-lived process that executes each flow run in a
+  subprocess: one machine, no work pool.
+- ``pacsflow deploy --pool NAME`` registers both on a process work pool, to be run by
+  ``prefect worker start --pool NAME`` on as many machines as share the code, the site's
+  staging folder and the ledger.
+
+Keep a standing ``pacsflow receiver`` beside them, so every run shares one C-MOVE
+receiver (a run also uses a receiver it finds on the configured port).
 """
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from prefect import serve
 from prefect.schedules import Cron
 
-from flows.extract import extract_project
+from flows.extract import CHUNK_DEPLOYMENT, extract_project
+from flows.process import process_studies
 
 DEPLOYMENT = "extract-project"
+CHUNKS = CHUNK_DEPLOYMENT.split("/")[1]
+#: The repository root: a process worker runs the flows from here.
+SOURCE = Path(__file__).resolve().parents[1]
 
 
 def build_deployment(
@@ -36,16 +50,47 @@ def build_deployment(
     )
 
 
-def _slug(text: str) -> str:
-    from pathlib import Path
+def build_chunk_deployment():
+    """The retrieval subflow as a deployment: one chunk of a pull per run."""
+    return process_studies.to_deployment(
+        name=CHUNKS,
+        tags=["pacsflow"],
+        description="Work on a project's waiting studies (started by extract-project).",
+    )
 
+
+def _slug(text: str) -> str:
     return Path(text).stem.lower().replace("_", "-")
 
 
 def serve_deployments(
     project: str | None = None, manifest: str | None = None, cron: str | None = None
 ) -> None:
-    deployments = [build_deployment()]
+    deployments = [build_deployment(), build_chunk_deployment()]
     if cron:
         deployments.append(build_deployment(project, manifest, cron))
     serve(*deployments)
+
+
+def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
+    """Create the process work pool ``pool`` if needed and register both deployments on it.
+
+    Returns the deployment names. Workers (``prefect worker start --pool POOL``) run the
+    flows from ``source``, which must hold this code on every machine that runs a worker.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    names = []
+    for flow_, name, entrypoint in (
+        (extract_project, DEPLOYMENT, "flows/extract.py:extract_project"),
+        (process_studies, CHUNKS, "flows/process.py:process_studies"),
+    ):
+        deployed = flow_.from_source(source=str(source), entrypoint=entrypoint)
+        deployed.deploy(name=name, work_pool_name=pool, tags=["pacsflow"], print_next_steps=False)
+        names.append(f"{flow_.name}/{name}")
+    return names
