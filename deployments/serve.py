@@ -82,9 +82,8 @@ def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
-    with get_client(sync_client=True) as client:
-        with contextlib.suppress(ObjectAlreadyExists):
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     names = []
     for flow_, name, entrypoint in (
         (extract_project, DEPLOYMENT, "flows/extract.py:extract_project"),
