@@ -1084,3 +1084,64 @@ def start_prefect_server(
         error_cls=PrefectStartError,
         log_path=log_path,
     )
+
+
+@dataclass
+class PrefectWorkerProcess(PrefectServerProcess):
+    """A ``prefect worker start`` process; stopped like the server (its whole group)."""
+
+    pool: str = ""
+    log_file: Path = Path()
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file
+
+
+def start_prefect_worker(
+    home: Path, api_url: str, pool: str, *, name: str, timeout: float = 90
+) -> PrefectWorkerProcess:
+    """Run ``prefect worker start --pool POOL --type process``; return once it polls.
+
+    The worker polls every second (``PREFECT_WORKER_QUERY_SECONDS``, default 10), so a
+    test does not wait ten seconds for each flow run it triggers.
+    """
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(home),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
+    log_path = home / f"worker-{name}.log"
+    process = _spawn(
+        [str(prefect_binary()), "worker", "start", "--pool", pool, "--type", "process"]
+        + ["--name", name],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        log_path=log_path,
+        start_new_session=True,
+        preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+    )
+    worker = PrefectWorkerProcess(
+        api_url=api_url,
+        pid=process.pid,
+        home=home,
+        pool=pool,
+        log_file=log_path,
+        _process=process,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PrefectStartError(f"prefect worker exited: {log_tail(log_path)}")
+        if log_path.exists() and "started" in log_path.read_text(errors="replace"):
+            return worker
+        time.sleep(0.2)
+    worker.stop()
+    raise PrefectStartError(f"prefect worker did not start in {timeout} s: {log_tail(log_path)}")

@@ -119,12 +119,20 @@ _PROCESS_LOCK = threading.Lock()
 
 
 def process_receiver(config: ReceiverConfig, staging: Path) -> Receiver:
-    """The receiver of this worker process, started on first use and then reused."""
+    """The receiver of this worker process, started on first use and then reused.
+
+    If another process already serves the port, its receiver is used, after checking
+    (C-ECHO) before each move that it still answers.
+    """
     global _PROCESS_RECEIVER
     with _PROCESS_LOCK:
         current = _PROCESS_RECEIVER
         if current is not None and (current.config != config or current.staging != Path(staging)):
             current.stop()
+            current = None
+        if current is not None and current.shared and not _answers_echo(config):
+            # The process whose receiver we used has ended (another flow run, say):
+            # serve the port ourselves rather than send moves to nobody.
             current = None
         if current is None:
             current = Receiver(config, staging).start()

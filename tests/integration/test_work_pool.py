@@ -1,0 +1,239 @@
+"""Several projects at once on a work pool with two workers, sharing two sources.
+
+The production path: a Prefect server on PostgreSQL, the ledger on PostgreSQL, a process
+work pool with two ``prefect worker start`` processes, and pulls split into chunks that
+run as deployment runs on the pool. The sources count what they have in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from pacsflow.config import load_site_config
+from pacsflow.ledger import Study, make_engine, session_factory
+from pacsflow.sandbox import SandboxPacs, make_patients, make_study
+from tests.servers import free_port, start_prefect_worker
+
+pytestmark = pytest.mark.integration
+
+LIMITS = {"primary": 2, "secondary": 1}
+PROJECTS = ("alpha", "beta", "gamma")
+
+
+class CountingPacs(SandboxPacs):
+    """A sandbox PACS that is slow to retrieve (a busy archive) and counts operations in
+    flight, as the source itself sees them."""
+
+    def __init__(self, *args, delay: float = 0.2, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.operations = Counter()
+        self._count = threading.Lock()
+
+    def _counted(self, kind, handler_result):
+        with self._count:
+            self.in_flight += 1
+            self.operations[kind] += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            yield from handler_result
+        finally:
+            with self._count:
+                self.in_flight -= 1
+
+    def _on_find(self, event):
+        return self._counted("find", super()._on_find(event))
+
+    def _on_move(self, event):
+        return self._counted("move", super()._on_move(event))
+
+    def _on_get(self, event):
+        return self._counted("get", super()._on_get(event))
+
+    def _send(self, event, entries):
+        time.sleep(self.delay)
+        yield from super()._send(event, entries)
+
+
+def _study(patient, accession: str, n_instances: int = 2):
+    return make_study(
+        mrn=patient.mrn,
+        accession=accession,
+        study_date=dt.date(2021, 5, 4),
+        patient_name=patient.name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        n_series=1,
+        n_instances=n_instances,
+    )
+
+
+@pytest.fixture
+def scenario(tmp_path: Path, ledger_url: str):
+    """Two slow sources and three projects; alpha and beta both ask for one study."""
+    receiver_port = free_port()
+    primary = CountingPacs(
+        "PRIMARY", 0, tmp_path / "primary", {"PACSFLOW": ("127.0.0.1", receiver_port)}
+    )
+    secondary = CountingPacs("SECONDARY", 0, tmp_path / "secondary")
+    patients = iter(make_patients(40, seed=7))
+    shared = _study(next(patients), "SHARED01", n_instances=3)
+    primary.add_datasets(shared)
+    manifests: dict[str, list[dict]] = {}
+    expected: dict[str, Counter] = {}
+    for name in PROJECTS:
+        rows, counts = [], Counter()
+        for i in range(8):
+            study = _study(next(patients), f"{name[:2].upper()}{i:04d}")
+            where = "secondary" if i % 4 == 3 else "primary"
+            (secondary if where == "secondary" else primary).add_datasets(study)
+            rows.append(study[0])
+            counts["exported"] += 1
+        rows.append(_study(next(patients), f"{name[:2].upper()}MISS")[0])  # nowhere
+        counts["not_found"] += 1
+        if name in ("alpha", "beta"):
+            rows.append(shared[0])
+            counts["exported"] += 1
+        manifests[name] = [
+            {
+                "mrn": ds.PatientID,
+                "accession_number": ds.AccessionNumber,
+                "study_date": "2021-05-04",
+            }
+            for ds in rows
+        ]
+        expected[name] = counts
+    primary.start()
+    secondary.start()
+
+    site = {
+        "ledger": ledger_url,
+        "receiver": {"ae_title": "PACSFLOW", "host": "127.0.0.1", "port": receiver_port},
+        "staging": str(tmp_path / "staging"),
+        "sources": {
+            name: {
+                "ae_title": pacs.ae_title,
+                "host": "127.0.0.1",
+                "port": pacs.address[1],
+                "max_concurrent": LIMITS[name],
+                "retrieve": "move" if name == "primary" else "get",
+                "retry_delays": [0.5, 1.0],
+                "timeout": 20,
+            }
+            for name, pacs in (("primary", primary), ("secondary", secondary))
+        },
+        "destinations": {"out": {"type": "filesystem", "path": str(tmp_path / "export")}},
+    }
+    (tmp_path / "pacsflow.yaml").write_text(yaml.safe_dump(site))
+    files = {}
+    for name in PROJECTS:
+        project = {"name": name, "sources": ["primary", "secondary"], "destination": "out"}
+        path = tmp_path / "projects" / f"{name}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(yaml.safe_dump(project))
+        manifest = tmp_path / f"{name}.csv"
+        lines = ["mrn,accession_number,study_date"]
+        lines += [f"{r['mrn']},{r['accession_number']},{r['study_date']}" for r in manifests[name]]
+        manifest.write_text("\n".join(lines) + "\n")
+        files[name] = (path, manifest)
+    yield {
+        "site": load_site_config(tmp_path / "pacsflow.yaml"),
+        "files": files,
+        "expected": expected,
+        "primary": primary,
+        "secondary": secondary,
+        "shared": shared,
+        "tmp": tmp_path,
+    }
+    primary.stop()
+    secondary.stop()
+
+
+@pytest.fixture
+def pool(scenario, prefect_api):
+    """A process work pool with both deployments and two workers (stopped by pid)."""
+    from blocks.site import save_site
+    from deployments.serve import deploy_to_pool
+
+    save_site(scenario["site"])
+    name = f"pacsflow-test-{secrets.token_hex(3)}"
+    deploy_to_pool(name)
+    workers = []
+    try:
+        for i in range(2):
+            home = scenario["tmp"] / f"worker-{i}"
+            workers.append(start_prefect_worker(home, prefect_api, name, name=f"w{i}-{name}"))
+        yield name
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def _wait_final(client, run_ids, timeout: float = 420):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [client.read_flow_run(i) for i in run_ids]
+        if all(r.state and r.state.is_final() for r in runs):
+            return runs
+        time.sleep(1)
+    pytest.fail(f"runs did not finish in {timeout} s: {[r.state for r in runs]}")
+
+
+def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(scenario, pool):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    started = [
+        run_deployment(
+            "extract-project/extract-project",
+            parameters={"project": str(project), "manifest": str(manifest), "workers": 2},
+            timeout=0,
+        )
+        for project, manifest in scenario["files"].values()
+    ]
+    with get_client(sync_client=True) as client:
+        runs = _wait_final(client, [r.id for r in started])
+        assert all(r.state.is_completed() for r in runs), [r.state.message for r in runs]
+        chunks = [r for r in client.read_flow_runs(limit=200) if r.name.startswith("process-")]
+    assert len(chunks) == 2 * len(PROJECTS) and all(r.state.is_completed() for r in chunks)
+
+    # The sources never saw more than their limits, and the limits were used.
+    primary, secondary = scenario["primary"], scenario["secondary"]
+    assert primary.most_in_flight == LIMITS["primary"], primary.operations
+    assert secondary.most_in_flight == LIMITS["secondary"], secondary.operations
+
+    # Every study exactly once: in the ledger and at the destination.
+    site = scenario["site"]
+    with session_factory(make_engine(site.ledger))() as session:
+        rows = session.query(Study).all()
+    root = Path(site.destinations["out"].path)
+    shared_uid = str(scenario["shared"][0].StudyInstanceUID)
+    for name in PROJECTS:
+        mine = [r for r in rows if r.project == name]
+        assert Counter(r.status for r in mine) == scenario["expected"][name]
+        assert all(r.claimed_by is None for r in mine)
+        exported = [r for r in mine if r.status == "exported"]
+        folders = sorted(p for p in (root / name).glob("*/*") if p.parent.name != ".partial")
+        assert sorted(p.name for p in folders) == sorted(r.pseudo_study_uid for r in exported)
+        assert not list((root / name).glob(".partial/*"))
+        for row in exported:
+            files = list((root / name / row.pseudo_patient_id / row.pseudo_study_uid).glob("*"))
+            assert len(files) == row.expected_instances == row.exported_instances
+    # The study both alpha and beta asked for reached both, whole and de-identified.
+    for name in ("alpha", "beta"):
+        row = next(r for r in rows if r.project == name and r.found_study_uid == shared_uid)
+        folder = root / name / row.pseudo_patient_id / row.pseudo_study_uid
+        instances = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))]
+        assert len(instances) == 3
+        assert all(ds.StudyInstanceUID == row.pseudo_study_uid != shared_uid for ds in instances)
