@@ -29,12 +29,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
+from flows.cache import exported_before, remember_export
 from flows.limits import image_limit_name, image_slots
 from flows.runtime import profile, pseudonymizer, workspace
 from pacsflow import failures, pipeline
 from pacsflow.config import ProjectConfig
 from pacsflow.ledger import claims
-from pacsflow.ledger.models import Study
+from pacsflow.ledger import repository as repo
+from pacsflow.ledger.models import Study, StudyStatus
 
 #: Default seconds a retrieval lane works before it gives its slot back (if work remains,
 #: a new lane queues for it, so other projects' lanes get a turn).
@@ -126,6 +128,13 @@ def retrieval_lane(
             study = claims.claim_next(session, project.name, source_index, ws.owner, pull)
         if study is None:
             break
+        record = exported_before(project.name, study.ref)
+        if record is not None:  # exported already; the ledger missed it
+            with ws.sessions() as session:
+                repo.update_study(session, study.id, **record)
+                repo.mark_exported(session, study.id, record["exported_instances"])
+            counts["exported_before"] += 1
+            continue
         step = "find"
         try:
             if not pipeline.locate(ws, study.id, source_name):
@@ -179,5 +188,18 @@ def export_lane(site: str, project: ProjectConfig, lane: int, handoff: str) -> d
                 failures.record(session, study_id, ws.owner, failure, tries, [])
             logger.warning("study %s: %s", study_id, failure.public)
             status = "failed"
+        if status == StudyStatus.EXPORTED:
+            with ws.sessions() as session:
+                done = repo.get_study(session, study_id)
+            remember_export(
+                project.name,
+                done.ref,
+                {
+                    "source": done.source,
+                    "pseudo_patient_id": done.pseudo_patient_id,
+                    "pseudo_study_uid": done.pseudo_study_uid,
+                    "exported_instances": done.exported_instances,
+                },
+            )
         counts[status] += 1
     return dict(counts)

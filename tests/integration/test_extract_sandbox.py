@@ -343,3 +343,33 @@ def test_a_requeued_study_is_processed_again_not_answered_from_the_cache(sandbox
     with sessions() as session:
         by_source = repo.source_counts(session, "sandbox-demo")
     assert by_source["secondary"] == sandbox.expected["secondary"] + missing
+
+
+def test_a_lost_ledger_update_is_mended_from_prefects_cache_not_fetched_again(sandbox, prefect_api):
+    """The ledger loses an export (restored from a backup, say): Prefect's record of it,
+    keyed on project and study, marks it exported without asking the source again."""
+    from sqlalchemy import update
+
+    from blocks.site import save_site
+    from flows.extract import extract_project
+
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    run = {"project": str(sandbox.project_path), "manifest": str(sandbox.manifest_path)}
+    assert extract_project(**run, return_state=True).is_completed()
+    sessions = session_factory(make_engine(site.ledger))
+    with sessions() as session:
+        before = {r.id: r for r in session.query(Study).all() if r.status == "exported"}
+        session.execute(update(Study).where(Study.id.in_(before)).values(status="pending"))
+        session.commit()
+
+    sandbox.primary.set_offline(True)  # nothing may be fetched again
+    sandbox.secondary.set_offline(True)
+    state = extract_project(**run, return_state=True)
+    assert state.is_completed(), state.message
+    with sessions() as session:
+        after = {r.id: r for r in session.query(Study).all() if r.id in before}
+    assert all(r.status == "exported" for r in after.values())
+    assert {i: r.pseudo_study_uid for i, r in after.items()} == {
+        i: r.pseudo_study_uid for i, r in before.items()
+    }
