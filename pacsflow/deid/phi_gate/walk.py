@@ -1,8 +1,20 @@
-"""Walking a de-identified dataset: every value searched, every attribute asked about."""
+"""Walking a de-identified dataset: every value searched, every attribute asked about.
+
+What is searched: the values of every string VR (each value of a multi-valued element),
+and the bytes of OB, OW and UN elements (text-like bytes, as private strings read as UN
+are, get the text rules). Pixel, overlay, waveform and spectroscopy data are never read
+here: they are images and signals (the pixel inspection looks at them), and decoding
+them would cost more than the whole rest of the check. Numeric VRs hold numbers.
+
+What is not searched: a value the engine wrote itself (``skip``: the pseudonym, the
+de-identification method, dummy and replacement values). A patient named "Profile" or
+"Site" is not found in "pacsflow basic profile" or "RESEARCH SITE".
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection
 from functools import lru_cache
 
 from pydicom.datadict import keyword_for_tag
@@ -21,10 +33,48 @@ from pacsflow.deid.phi_gate.elements import (
     value_strings,
 )
 from pacsflow.deid.phi_gate.identifiers import OriginalIdentifiers
-from pacsflow.deid.phi_gate.matching import Matcher, matcher_for
+from pacsflow.deid.phi_gate.matching import Context, Matcher, matcher_for
 
 Allows = Callable[[BaseTag, str | None], bool]
 """The profile's verdict on an element: ``allows(tag, private_creator)``."""
+
+# LO and SH attributes that hold free text rather than a term from a vocabulary.
+_FREE_TEXT_KEYWORD = re.compile(
+    r"Description|Comment|Note|Narrative|Reason|History|Impression|Remark|Text|Title"
+    r"|Diagnos|Finding|Interpretation|Alert|Allerg|Occupation"
+)
+_CONTEXT_BY_VR = {
+    "PN": Context.TEXT,
+    "LT": Context.TEXT,
+    "ST": Context.TEXT,
+    "UT": Context.TEXT,
+    "UC": Context.TEXT,
+    "CS": Context.CODE,
+    "AE": Context.CODE,
+    "AS": Context.CODE,
+    "UR": Context.CODE,
+}
+
+
+@lru_cache(maxsize=8192)
+def context_of(tag: int, vr: str) -> Context:
+    """What kind of value an element holds (see :class:`Context`).
+
+    LO and SH are free text when their keyword says so (descriptions, comments, reasons)
+    or when they are private (vendors put anything there), and coded otherwise (Convolution
+    Kernel, Code Meaning, Manufacturer): there a surname equal to a kernel or body part
+    name is a defined term.
+    """
+    context = _CONTEXT_BY_VR.get(vr)
+    if context is not None:
+        return context
+    if vr in ("LO", "SH"):
+        if tag >> 16 & 1 or _FREE_TEXT_KEYWORD.search(keyword_for_tag(tag) or ""):
+            return Context.TEXT
+        return Context.CODE
+    if vr in ("DA", "DT", "TM", "DS", "IS", "UI"):
+        return Context.NUMBER
+    return Context.TEXT  # UN and anything unexpected: the strictest reading
 
 
 def _is_private_creator(tag: int) -> bool:
@@ -63,7 +113,7 @@ def _label(ds: Dataset, tag: int, matcher: Matcher) -> str:
         return label
     # The creator is shown, as it tells whose private data survived; unless it holds an
     # identifier itself, since paths must never carry values.
-    shown = "<redacted>" if matcher.text_leaks(creator) else repr(creator[:64])
+    shown = "<redacted>" if matcher.leaks(creator) else repr(creator[:64])
     return f"{label} [private creator {shown}]"
 
 
@@ -100,7 +150,12 @@ def _raw_text(elem: RawDataElement, vr: str, ds: Dataset) -> str | None:
 
 
 def _walk(
-    ds: Dataset, prefix: str, matcher: Matcher, allows: Allows | None, out: list[str]
+    ds: Dataset,
+    prefix: str,
+    matcher: Matcher,
+    allows: Allows | None,
+    skip: Collection[str],
+    out: list[str],
 ) -> None:
     for tag in sorted(ds.keys(), key=int):  # int: BaseTag compares in Python, int in C
         t = int(tag)
@@ -125,7 +180,9 @@ def _walk(
         if isinstance(elem, RawDataElement) and elem.value is not None and vr in TEXT_VRS:
             text = _raw_text(elem, vr, ds)
             if text is not None:
-                if matcher.text_leaks(text, names=vr != "CS") and not refused:
+                text = text.strip("\x00 ")
+                searched = bool(text) and text not in skip and not refused
+                if searched and matcher.leaks(text, context_of(t, vr)):
                     out.append(prefix + _label(ds, t, matcher))
                 continue
         if isinstance(elem, RawDataElement) and elem.value is not None and vr in ("OB", "OW"):
@@ -140,18 +197,23 @@ def _walk(
                 # Inside a refused sequence all is refused already: only search values.
                 inner = None if refused else allows
                 for index, item in enumerate(value or ()):
-                    _walk(item, f"{path}[{index}].", matcher, inner, out)
+                    _walk(item, f"{path}[{index}].", matcher, inner, skip, out)
                 continue
             if isinstance(value, bytes):
                 leaked = matcher.bytes_leak(value)
             elif vr in TEXT_VRS or vr in BINARY_VRS:
-                values = value_strings(value)
-                leaked = bool(values) and matcher.text_leaks("\\".join(values), names=vr != "CS")
+                text = "\\".join(value_strings(value)).strip("\x00 ")
+                leaked = bool(text) and text not in skip and matcher.leaks(text, context_of(t, vr))
         if leaked and not refused:
             out.append(prefix + _label(ds, t, matcher))
 
 
-def find_leaks(ds: Dataset, ids: OriginalIdentifiers, allows: Allows | None = None) -> list[str]:
+def find_leaks(
+    ds: Dataset,
+    ids: OriginalIdentifiers | Matcher,
+    allows: Allows | None = None,
+    skip: Collection[str] = frozenset(),
+) -> list[str]:
     """Attribute paths of ``ds`` (de-identified) that still hold an original identifier.
 
     With ``allows``, also the paths of elements the profile does not allow: it is asked
@@ -162,11 +224,14 @@ def find_leaks(ds: Dataset, ids: OriginalIdentifiers, allows: Allows | None = No
     Each path appears once, in dataset order, File Meta Information first (prefixed
     ``file_meta.``). Paths are keywords (or ``(gggg,eeee)``), ``[i]`` for sequence items
     and, for private data elements, the private creator: never a value.
+
+    ``ids`` may be the study's compiled :class:`Matcher`, which the per-study loop builds
+    once; ``skip`` holds the values the engine wrote (never searched).
     """
-    matcher = matcher_for(ids)
+    matcher = ids if isinstance(ids, Matcher) else matcher_for(ids)
     out: list[str] = []
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
-        _walk(meta, "file_meta.", matcher, allows, out)
-    _walk(ds, "", matcher, allows, out)
+        _walk(meta, "file_meta.", matcher, allows, skip, out)
+    _walk(ds, "", matcher, allows, skip, out)
     return list(dict.fromkeys(out))
