@@ -148,6 +148,9 @@ PHRASE_KEYWORDS = (
 _PHRASE_TAGS = tags(*PHRASE_KEYWORDS)
 _ADDRESS_SPLIT = re.compile(r"[,;\r\n^]+")
 _NAME_SPLIT = re.compile(r"[\s,\-]+")
+# Titles typed into a family or given name component ("DR^WHO", "Prof. Smith"): they
+# identify nobody and occur in ordinary text.
+_TITLES = frozenset({"DR", "DRS", "MR", "MRS", "MS", "MISS", "PROF", "SIR", "DAME", "PHD", "MD"})
 
 Keeps = Callable[[int], bool]
 """The profile's answer to "does this attribute leave exactly as it came?"."""
@@ -213,7 +216,7 @@ def name_parts(pn: str) -> set[str]:
         for component in components:
             for part in _NAME_SPLIT.split(component.upper()):
                 part = part.strip(".'()")
-                if len(part) >= MIN_NAME_PART_LENGTH:
+                if len(part) >= MIN_NAME_PART_LENGTH and part not in _TITLES:
                     parts.add(part)
     return parts
 
@@ -320,7 +323,7 @@ class IdentifierBuilder:
             birth_dates=frozenset(self.birth_dates),
             dates=frozenset(self.dates - retained.get("dates", set())),
             phrases=frozenset(self.phrases - retained.get("phrases", set())),
-            uids=frozenset(self.uids),
+            uids=frozenset(self.uids - retained.get("uids", set())),
         )
 
     def _is_kept(self, tag: int) -> bool:
@@ -366,7 +369,7 @@ class IdentifierBuilder:
                 continue
             if elem.VR == "UI":
                 if tag not in _NON_INSTANCE_UID_TAGS:
-                    self.uids.update(v for v in values if _is_instance_uid(v))
+                    self._add("uids", tag, {v for v in values if _is_instance_uid(v)})
             elif tag in _PATIENT_ID_TAGS:
                 self.patient_ids.update(values)
             elif tag in _ACCESSION_TAGS:

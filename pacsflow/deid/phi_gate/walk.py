@@ -13,7 +13,6 @@ de-identification method, dummy and replacement values). A patient named "Profil
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection
 from functools import lru_cache
 
@@ -34,15 +33,11 @@ from pacsflow.deid.phi_gate.elements import (
 )
 from pacsflow.deid.phi_gate.identifiers import OriginalIdentifiers
 from pacsflow.deid.phi_gate.matching import Context, Matcher, matcher_for
+from pacsflow.deid.rules import is_free_text_keyword
 
 Allows = Callable[[BaseTag, str | None], bool]
 """The profile's verdict on an element: ``allows(tag, private_creator)``."""
 
-# LO and SH attributes that hold free text rather than a term from a vocabulary.
-_FREE_TEXT_KEYWORD = re.compile(
-    r"Description|Comment|Note|Narrative|Reason|History|Impression|Remark|Text|Title"
-    r"|Diagnos|Finding|Interpretation|Alert|Allerg|Occupation"
-)
 _CONTEXT_BY_VR = {
     "PN": Context.TEXT,
     "LT": Context.TEXT,
@@ -69,7 +64,7 @@ def context_of(tag: int, vr: str) -> Context:
     if context is not None:
         return context
     if vr in ("LO", "SH"):
-        if tag >> 16 & 1 or _FREE_TEXT_KEYWORD.search(keyword_for_tag(tag) or ""):
+        if is_free_text_keyword(tag):
             return Context.TEXT
         return Context.CODE
     if vr in ("DA", "DT", "TM", "DS", "IS", "UI"):

@@ -9,7 +9,7 @@ attribute are never decoded or copied, and stay byte-identical.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pydicom.datadict import keyword_for_tag
@@ -20,12 +20,17 @@ from pydicom.sequence import Sequence
 
 from pacsflow.config import ProfileOption
 from pacsflow.deid.basic_profile import KEEP_UID_TAGS, STANDARD_UID_ROOT, Action, action_for
-from pacsflow.deid.clean import IdentifierPattern
+from pacsflow.deid.clean import Cleaner, IdentifierPattern
 from pacsflow.deid.dates import shift_value
 from pacsflow.deid.dictionary import dictionary_vr
+from pacsflow.deid.options import MAX_RETAINED_AGE_YEARS
+from pacsflow.deid.phi_gate.identifiers import OriginalIdentifiers
 from pacsflow.deid.profile.resolved import Profile, RuleSet
 from pacsflow.deid.profile.tables import (
+    DEFAULT_BLANK_NAME,
+    DEFAULT_CLEAN,
     DEFAULT_REMOVE,
+    DEFAULT_REMOVE_DATE,
     DEFAULT_SHIFT,
     DEFAULT_UID,
     DEFAULT_WALK,
@@ -34,7 +39,16 @@ from pacsflow.deid.profile.tables import (
 )
 from pacsflow.deid.profile_file import ProfileMode
 from pacsflow.deid.pseudonyms import Pseudonymizer
-from pacsflow.deid.rules import DATE_VRS, HASHABLE_VRS, TEXT_VRS, Operation, PrivateKey, Rule
+from pacsflow.deid.rules import (
+    DATE_VRS,
+    FREE_TEXT_VRS,
+    HASHABLE_VRS,
+    TEXT_VRS,
+    Operation,
+    PrivateKey,
+    Rule,
+    is_free_text_keyword,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,13 +73,16 @@ class DeidContext:
     """What de-identifying one patient's instance needs beyond the profile.
 
     ``date_shift_days`` is the patient's offset (:meth:`Pseudonymizer.date_shift_days`);
-    it must be non-zero when the profile shifts dates. The key is excluded from ``repr``
-    by :class:`Pseudonymizer` itself.
+    it must be non-zero when the profile shifts dates. ``identifiers`` are the whole
+    study's (:func:`pacsflow.deid.study.deidentify_study` gathers them), which ``clean``
+    removes; without them an instance is cleaned of its own identifiers only. The key is
+    excluded from ``repr`` by :class:`Pseudonymizer` itself.
     """
 
     pseudonymizer: Pseudonymizer
     patient_pseudonym: str
     date_shift_days: int = 0
+    identifiers: OriginalIdentifiers | None = field(default=None, repr=False)
 
     @classmethod
     def for_patient(
@@ -92,8 +109,15 @@ def deidentify(profile: Profile, ds: Dataset, context: DeidContext) -> Dataset:
     rules = profile.rules_for_manufacturer(manufacturer)
     # Identifiers are collected before anything changes (Patient's Name is blanked
     # early in the walk), and only by profiles that clean something.
-    identifiers = IdentifierPattern.from_dataset(ds) if profile.cleans else None
-    _Engine(profile, rules, context, identifiers).walk(ds)
+    cleaner: Cleaner | None = None
+    if profile.cleans:
+        if context.identifiers is not None:
+            cleaner = Cleaner.for_study(context.identifiers)
+        else:
+            cleaner = IdentifierPattern.from_dataset(ds)
+    _Engine(profile, rules, context, cleaner).walk(ds)
+    if ProfileOption.RETAIN_PATIENT_CHARACTERISTICS in profile.options:
+        _cap_age(ds)
     # Patient Module (PS3.3 C.7.1.1): Patient's Name and Patient ID are Type 2; we give
     # the research pseudonym rather than the table's Z so exports link per patient.
     ds.PatientName = context.patient_pseudonym
@@ -115,6 +139,33 @@ def deidentify(profile: Profile, ds: Dataset, context: DeidContext) -> Dataset:
     return ds
 
 
+def unlisted_rule(tag: int, vr: str) -> Rule | None:
+    """Safe default for a public attribute Table E.1-1 does not list; None keeps it.
+
+    PS3.15 E.1.1 asks for all identifying information to go, not only the table's rows,
+    and new attributes appear in every release: a person's name (a secondary reviewer)
+    is blanked, a date removed, free text (SR Text Value, a document title, comments)
+    cleaned. Coded and technical values (CS, numbers, Convolution Kernel) stay.
+    """
+    if vr == "PN":
+        return DEFAULT_BLANK_NAME
+    if vr in DATE_VRS:
+        return DEFAULT_REMOVE_DATE
+    if vr in FREE_TEXT_VRS or (vr in ("LO", "SH") and is_free_text_keyword(tag)):
+        return DEFAULT_CLEAN
+    return None
+
+
+def _cap_age(ds: Dataset) -> None:
+    """Patient's Age over 89 years becomes 090Y, "90 or older" (HIPAA Safe Harbor)."""
+    age = str(ds.get("PatientAge", "") or "").strip()
+    if len(age) != 4 or not age[:3].isdigit():
+        return
+    days_per_unit = {"D": 1, "W": 7, "M": 30.4375, "Y": 365.25}.get(age[3].upper())
+    if days_per_unit is not None and int(age[:3]) * days_per_unit / 365.25 > MAX_RETAINED_AGE_YEARS:
+        ds.PatientAge = "090Y"
+
+
 class _Engine:
     """State of one :func:`deidentify` call: the rules chosen for the instance, and the
     context and identifiers every rule may need."""
@@ -126,7 +177,7 @@ class _Engine:
         profile: Profile,
         rules: RuleSet,
         context: DeidContext,
-        identifiers: IdentifierPattern | None,
+        identifiers: Cleaner | None,
     ) -> None:
         self.profile = profile
         self.rules = rules
@@ -181,7 +232,9 @@ class _Engine:
             return DEFAULT_REMOVE  # curve data and overlays (see basic_profile)
         vr = _vr_of(ds, tag)
         if vr == "UI":
-            return None if tag in KEEP_UID_TAGS else DEFAULT_UID
+            if tag in KEEP_UID_TAGS or ProfileOption.RETAIN_UIDS in self.profile.options:
+                return None
+            return DEFAULT_UID
         if vr == "SQ":
             return DEFAULT_WALK
         if vr == "UN":
@@ -193,7 +246,7 @@ class _Engine:
             # A date the table does not list, left as is next to shifted ones, would give
             # the patient's offset away.
             return DEFAULT_SHIFT
-        return None
+        return unlisted_rule(tag, vr)
 
     def apply(self, ds: Dataset, tag: int, rule: Rule, purpose: str | None) -> None:
         """Apply one rule; ``purpose`` names a private attribute for ``hash`` (else keyword)."""

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 
 from pacsflow.config import ProfileOption
-from pacsflow.deid.basic_profile import TABLE_VERSION, Action, action_for
+from pacsflow.deid.basic_profile import KEEP_UID_TAGS, TABLE_VERSION, Action, action_for
+from pacsflow.deid.dictionary import dictionary_vr
 from pacsflow.deid.options import BASIC_PROFILE_CODE, OPTION_CODES
-from pacsflow.deid.profile.tables import FILE_META_WRITTEN
+from pacsflow.deid.profile.tables import DUMMY_BY_VR, FILE_META_WRITTEN
 from pacsflow.deid.profile_file import ENGINE_TAGS, ProfileMode
-from pacsflow.deid.rules import Operation, PrivateKey, Rule
+from pacsflow.deid.rules import DATE_VRS, Operation, PrivateKey, Rule
 
 if TYPE_CHECKING:
     from pacsflow.deid.profile.engine import DeidContext
@@ -172,6 +173,49 @@ class Profile:
         if element == 0 or self.mode is ProfileMode.ALLOW_LIST:
             return False
         return action_for(tag) is not Action.REMOVE  # curve and overlay groups
+
+    def keeps(self, tag: int) -> bool:
+        """Whether an attribute leaves exactly as it came, under some rule set.
+
+        For the PHI gate: what the project keeps on purpose (a station name under Retain
+        Device Identity, a date a profile file keeps) is not looked for elsewhere.
+        """
+        from pacsflow.deid.profile.engine import unlisted_rule  # engine imports this module
+
+        tag = int(tag)
+        rule_sets = self._candidate_rule_sets(None)
+        if any(
+            (rule := rules.public.get(tag)) is not None and rule.op is Operation.KEEP
+            for rules in rule_sets
+        ):
+            return True
+        if any(tag in rules.public for rules in rule_sets):
+            return False
+        if self.mode is ProfileMode.ALLOW_LIST or tag >> 16 & 1 or not tag & 0xFFFF:
+            return False
+        vr = dictionary_vr(tag)
+        if vr == "UI":
+            return ProfileOption.RETAIN_UIDS in self.options or tag in KEEP_UID_TAGS
+        if vr in ("SQ", "UN") or action_for(tag) is Action.REMOVE:
+            return False
+        if vr in DATE_VRS and ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.options:
+            return False
+        return unlisted_rule(tag, vr) is None
+
+    def written_values(self, context: DeidContext) -> frozenset[str]:
+        """Values the engine itself writes: the gate never searches them (a patient named
+        "Profile" is not in the de-identification method, nor "Site" in RESEARCH SITE)."""
+        values = {context.patient_pseudonym, self.method_description, "YES", "MODIFIED"}
+        for code in self.method_codes:
+            values.update(code)
+        values.update(v for v in DUMMY_BY_VR.values() if isinstance(v, str))
+        for rules in self._candidate_rule_sets(None):
+            for rule in [*rules.public.values(), *rules.private.values()]:
+                if rule.op is Operation.REPLACE and rule.value is not None:
+                    value = rule.value
+                    parts = value if isinstance(value, tuple) else (value,)
+                    values.add("\\".join(str(v) for v in parts))
+        return frozenset(values)
 
     def _candidate_rule_sets(self, manufacturer: str | None) -> list[RuleSet]:
         if manufacturer is not None:
