@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from pacsflow.deid.phi_gate.elements import is_bulk, raw_vr, tags, value_strings
@@ -289,6 +290,7 @@ class IdentifierBuilder:
     _retained: dict[str, set] = field(default_factory=dict, repr=False)
     _patient_names: set[str] = field(default_factory=set, repr=False)
     _kept: dict[int, bool] = field(default_factory=dict, repr=False)
+    _seen: set[tuple[int, bytes, str]] = field(default_factory=set, repr=False)
 
     def __repr__(self) -> str:
         return repr(self.build())
@@ -358,6 +360,13 @@ class IdentifierBuilder:
             )
             if not wanted:
                 continue
+            raw = ds.get_item(tag, keep_deferred=True)
+            if vr != "SQ" and isinstance(raw, RawDataElement) and raw.value is not None:
+                # A study's instances repeat most values byte for byte: decode each once.
+                seen = (tag, raw.value, str(ds.original_character_set))
+                if seen in self._seen:
+                    continue
+                self._seen.add(seen)
             elem = ds[tag]  # decodes the raw element (and caches it in ds)
             if elem.VR == "SQ":
                 for item in elem.value or ():
