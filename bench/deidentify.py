@@ -5,7 +5,10 @@ Run with ``python -m bench.deidentify [--instances N] [--rounds R]``. It writes 
 realistic PHI to a temporary folder, then times, in the same run and single process:
 
 * the floor: ``pydicom.dcmread`` and ``save_as`` of each file, unchanged, file to file;
-* pacsflow: ``read_instance``, the Basic Profile's ``deidentify`` and ``write_instance``.
+* pacsflow: ``read_instance``, the Basic Profile's ``deidentify`` and ``write_instance``;
+* pacsflow with the PHI gate, as the pipeline runs it: :func:`deidentify_study` per
+  study of 10 instances (study-level identifiers from every header, de-identification
+  with cleaning, the gate, the write).
 
 It prints instances per second (one process, so per core) for both and their ratio; the
 goal is at least 300 instances/s per core and at least 0.6 of the floor. Each side's best
@@ -15,7 +18,6 @@ round counts, so a cold page cache in the first round does not decide the result
 from __future__ import annotations
 
 import argparse
-import functools
 import shutil
 import tempfile
 import time
@@ -26,9 +28,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from pacsflow.deid.files import read_instance, write_instance
-from pacsflow.deid.phi_gate import find_leaks, identifiers_from
 from pacsflow.deid.profile import DeidContext, build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
+from pacsflow.deid.study import deidentify_study
 
 TEMPLATE = "693_UNCI.dcm"
 KEY = bytes(range(32))
@@ -82,25 +84,34 @@ def floor(paths: list[Path], out: Path) -> float:
     return time.perf_counter() - start
 
 
-def deidentify(paths: list[Path], out: Path, gated: bool = False) -> float:
-    """Seconds to read, de-identify with the Basic Profile and write every file.
-
-    With ``gated``, also what the pipeline does per instance: collect the original
-    identifiers and run the PHI gate on the output before writing it.
-    """
+def deidentify(paths: list[Path], out: Path) -> float:
+    """Seconds to read, de-identify with the Basic Profile and write every file."""
     out = _fresh(out)
     profile = build_profile("basic")
     pseudonymizer = Pseudonymizer(KEY)
-    allows = functools.cache(profile.allows)  # as the pipeline caches it per study
     start = time.perf_counter()
     for path in paths:
         ds = read_instance(path)
-        originals = identifiers_from(ds) if gated else None
         context = DeidContext(pseudonymizer, pseudonymizer.patient_id(str(ds.PatientID)))
         profile.deidentify(ds, context)
-        if originals is not None and find_leaks(ds, originals, allows=allows):
-            raise AssertionError(f"the PHI gate flagged {path.name}")
         write_instance(ds, out / path.name)
+    return time.perf_counter() - start
+
+
+def gated(paths: list[Path], out: Path) -> float:
+    """Seconds for :func:`deidentify_study` over every study (10 instances each), as the
+    pipeline runs it; any quarantine fails the benchmark (the data is clean)."""
+    out = _fresh(out)
+    profile = build_profile("basic")
+    pseudonymizer = Pseudonymizer(KEY)
+    studies = [paths[i : i + 10] for i in range(0, len(paths), 10)]
+    start = time.perf_counter()
+    for number, files in enumerate(studies):
+        mrn = f"MRN{number:07d}"
+        context = DeidContext(pseudonymizer, pseudonymizer.patient_id(mrn))
+        result = deidentify_study(files, profile, context, out / str(number), mrn=mrn)
+        if not result.exportable:
+            raise AssertionError(f"study {number} quarantined: {result.summary()}")
     return time.perf_counter() - start
 
 
@@ -120,7 +131,7 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved, so all see the same machine state
             floor_s = min(floor_s, floor(paths, out))
             deid_s = min(deid_s, deidentify(paths, out))
-            gated_s = min(gated_s, deidentify(paths, out, gated=True))
+            gated_s = min(gated_s, gated(paths, out))
     floor_rate, deid_rate = len(paths) / floor_s, len(paths) / deid_s
     gated_rate = len(paths) / gated_s
     print(f"floor (dcmread + save_as):      {floor_rate:8.0f} instances/s per core")
@@ -128,8 +139,8 @@ def main() -> None:
     print(f"ratio to floor:                 {deid_rate / floor_rate:8.2f}")
     print(f"... plus PHI gate (pipeline):   {gated_rate:8.0f} instances/s per core")
     print(f"ratio to floor:                 {gated_rate / floor_rate:8.2f}")
-    goals = deid_rate >= 300 and deid_rate / floor_rate >= 0.6
-    print("goal (>= 300/s and >= 0.6 of floor):", "met" if goals else "NOT met")
+    goals = gated_rate >= 300 and gated_rate / floor_rate >= 0.6
+    print("goal, with the gate (>= 300/s and >= 0.6 of floor):", "met" if goals else "NOT met")
 
 
 if __name__ == "__main__":

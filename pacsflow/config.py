@@ -116,7 +116,13 @@ class ProfileOption(StrEnum):
     RETAIN_PATIENT_CHARACTERISTICS = "retain_patient_characteristics"
     RETAIN_DEVICE_IDENTITY = "retain_device_identity"
     RETAIN_SAFE_PRIVATE = "retain_safe_private"
+    RETAIN_UIDS = "retain_uids"
+    RETAIN_INSTITUTION_IDENTITY = "retain_institution_identity"
     CLEAN_DESCRIPTORS = "clean_descriptors"
+    CLEAN_STRUCTURED_CONTENT = "clean_structured_content"
+    CLEAN_GRAPHICS = "clean_graphics"
+    CLEAN_PIXEL_DATA = "clean_pixel_data"
+    """Clean Pixel Data (PS3.15 E.3.1): no attribute rule; the pixel policy reads it."""
 
 
 class FilterConfig(_Frozen):

@@ -16,10 +16,9 @@ import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacsflow.config import ProjectConfig, RetrieveMethod, SiteConfig
-from pacsflow.deid.files import read_instance, write_instance
-from pacsflow.deid.phi_gate import GateResult, find_leaks, identifiers_from
 from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
+from pacsflow.deid.study import deidentify_study
 from pacsflow.dicom import routes, storage
 from pacsflow.dicom.query import StudyQuery, find_study
 from pacsflow.dicom.receiver import process_receiver
@@ -180,38 +179,15 @@ def deidentify_and_export(
     work = ws.staging / "deid" / study.ref
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    leaks: set[str] = set()
-    failed_instances = 0
-    allowed: dict[tuple[int, str | None, str], bool] = {}  # the same for every instance
-
-    def allows(tag: int, creator: str | None, manufacturer: str) -> bool:
-        key = (int(tag), creator, manufacturer)
-        if key not in allowed:
-            allowed[key] = profile.allows(tag, creator, manufacturer)
-        return allowed[key]
-
-    for number, path in enumerate(selection.kept):
-        ds = read_instance(path)
-        originals = identifiers_from(ds, mrn=study.mrn, accession=study.accession_number)
-        manufacturer = str(ds.get("Manufacturer", ""))
-        profile.deidentify(ds, context)
-        found = find_leaks(
-            ds,
-            originals,
-            allows=lambda tag, creator, m=manufacturer: allows(tag, creator, m),
-        )
-        if found:
-            leaks.update(found)
-            failed_instances += 1
-            continue
-        write_instance(ds, work / f"{number:05d}.dcm")
-    if leaks:
-        result = GateResult(
-            passed=False,
-            paths=tuple(sorted(leaks)),
-            instances=len(selection.kept),
-            failed_instances=failed_instances,
-        )
+    result = deidentify_study(
+        selection.kept,
+        profile,
+        context,
+        work,
+        mrn=study.mrn,
+        accession=study.accession_number,
+    )
+    if not result.exportable:
         LOGGER.warning("study %s quarantined by the PHI gate", study_id)
         return _finish(ws, study, StudyStatus.QUARANTINED, result.summary(), work)
 

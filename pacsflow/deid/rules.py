@@ -9,8 +9,12 @@ one of the option behaviours (``shift_date`` for E.3.6 modified dates, ``hash`` 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
+
+from pydicom.datadict import keyword_for_tag
 
 
 class Operation(StrEnum):
@@ -29,6 +33,25 @@ class Operation(StrEnum):
 
 TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 """Free-text VRs that ``clean`` can work on (PS3.5 Table 6.2-1)."""
+
+FREE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
+"""VRs that hold free text whatever the attribute (PS3.5 Table 6.2-1)."""
+
+_FREE_TEXT_KEYWORD = re.compile(
+    r"Description|Comment|Note|Narrative|Reason|History|Impression|Remark|Text|Title"
+    r"|Diagnos|Finding|Interpretation|Alert|Allerg|Occupation"
+)
+
+
+@lru_cache(maxsize=8192)
+def is_free_text_keyword(tag: int) -> bool:
+    """Whether an LO or SH attribute holds free text (a description, a comment, a reason)
+    rather than a term of a vocabulary (Convolution Kernel, Code Meaning, Manufacturer).
+
+    Private attributes count as free text: vendors put anything there.
+    """
+    return bool(tag >> 16 & 1) or bool(_FREE_TEXT_KEYWORD.search(keyword_for_tag(tag) or ""))
+
 
 HASHABLE_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 """VRs that hold a 16-character base32 pseudonym (A-Z, 2-7) without breaking the VR."""

@@ -265,7 +265,7 @@ def test_a_library_error_quoting_patient_data_stays_out_of_prefect(
         LogFilterFlowRunId,
     )
 
-    import pacsflow.pipeline
+    import pacsflow.deid.study
     from blocks.site import save_site
     from flows.extract import extract_project
 
@@ -273,7 +273,7 @@ def test_a_library_error_quoting_patient_data_stays_out_of_prefect(
         ds = pydicom.dcmread(path)
         raise ValueError(f"cannot parse {ds.PatientName} {ds.PatientID}")  # as pydicom might
 
-    monkeypatch.setattr(pacsflow.pipeline, "read_instance", broken_read)
+    monkeypatch.setattr(pacsflow.deid.study, "read_instance", broken_read)
     site = load_site_config(sandbox.config_path)
     save_site(site)
     state = extract_project(
