@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacsflow.config import ProjectConfig, RetrieveMethod, SiteConfig
 from pacsflow.deid.files import read_instance, write_instance
 from pacsflow.deid.phi_gate import GateResult, find_leaks, identifiers_from
+from pacsflow.deid.pixels import PixelPolicy, inspect_instance
 from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
@@ -168,6 +169,11 @@ def deidentify_and_export(
     work.mkdir(parents=True)
     leaks: set[str] = set()
     failed_instances = 0
+    # Pixel PHI (issue 7): every original instance is inspected before the profile runs.
+    pixel_policy = PixelPolicy.for_project(project)
+    pixel_reasons: set[str] = set()
+    pixel_held = ocr_images = 0
+    ocr_seconds = 0.0
     allowed: dict[tuple[int, str | None, str], bool] = {}  # the same for every instance
 
     def allows(tag: int, creator: str | None, manufacturer: str) -> bool:
@@ -180,6 +186,12 @@ def deidentify_and_export(
         ds = read_instance(path)
         originals = identifiers_from(ds, mrn=study.mrn, accession=study.accession_number)
         manufacturer = str(ds.get("Manufacturer", ""))
+        verdict = inspect_instance(ds, pixel_policy)  # pixel PHI: may mask or strip in place
+        ocr_images, ocr_seconds = ocr_images + verdict.ocr_images, ocr_seconds + verdict.ocr_seconds
+        if not verdict.exportable:
+            pixel_reasons.update(verdict.reasons)
+            pixel_held += 1
+            continue
         profile.deidentify(ds, context)
         found = find_leaks(
             ds,
@@ -191,6 +203,15 @@ def deidentify_and_export(
             failed_instances += 1
             continue
         write_instance(ds, work / f"{number:05d}.dcm")
+    if ocr_images:
+        LOGGER.info("study %s: OCR of %d images took %.2f s", study_id, ocr_images, ocr_seconds)
+    held: list[str] = []
+    if pixel_reasons:  # pixel PHI: quarantined like a leak, with rule names (never text)
+        held.append(
+            f"pixel policy {pixel_policy.mode.value} held {pixel_held} of "
+            f"{len(selection.kept)} instances: " + "; ".join(sorted(pixel_reasons))
+        )
+        LOGGER.warning("study %s quarantined by the pixel policy", study_id)
     if leaks:
         result = GateResult(
             passed=False,
@@ -198,8 +219,10 @@ def deidentify_and_export(
             instances=len(selection.kept),
             failed_instances=failed_instances,
         )
+        held.append(result.summary())
         LOGGER.warning("study %s quarantined by the PHI gate", study_id)
-        return _finish(ws, study, StudyStatus.QUARANTINED, result.summary(), work)
+    if held:
+        return _finish(ws, study, StudyStatus.QUARANTINED, "; ".join(held), work)
 
     destination = make_destination(ws.site.destinations[project.destination])
     receipt = destination.export(work, project.name, patient, pseudo_study)
