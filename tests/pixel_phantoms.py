@@ -10,6 +10,7 @@ package.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import io
 
 import numpy as np
@@ -19,11 +20,37 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
+from pacsflow.sandbox import FakePatient, make_study
+
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 US_REGION = (120, 60, 520, 460)
 """x0, y0, x1, y1 of the fan's data region on the 640x480 ultrasound frame."""
+SC_RECIPE = """FORMAT dicom
+
+%filter graylist
+
+LABEL Phantom workstation screen capture
+  contains Modality OT
+  + contains ConversionType WSD
+  coordinates 0,0,512,48
+"""
+"""A project's own deid recipe: where the phantom screen captures carry their text."""
+
+
+def base_study(patient: FakePatient, accession: str, n: int) -> list[Dataset]:
+    """``n`` CT instances of one series, with ``patient``'s identifiers in the header."""
+    return make_study(
+        mrn=patient.mrn,
+        accession=accession,
+        study_date=dt.date(2024, 3, 5),
+        patient_name=patient.name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        n_series=1,
+        n_instances=n,
+    )
 
 
 def draw_text(picture: np.ndarray, text: str, xy: tuple[int, int], size: int = 16) -> np.ndarray:

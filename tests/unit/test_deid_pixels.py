@@ -8,7 +8,6 @@ the instance may leave, and that the text, the comment or the overlay is gone fr
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -27,10 +26,12 @@ from pacsflow.deid.pixels.ocr import find_text
 from pacsflow.deid.pixels.risk import RiskLevel, assess
 from pacsflow.deid.pixels.segments import strip_j2k, strip_jpeg
 from pacsflow.errors import ConfigError
-from pacsflow.sandbox import make_patients, make_study
+from pacsflow.sandbox import make_patients
 from tests.pixel_phantoms import (
+    SC_RECIPE,
     US_REGION,
     as_jpeg,
+    base_study,
     ct_slice,
     draw_text,
     fan,
@@ -42,16 +43,7 @@ needs_tesseract = pytest.mark.skipif(
     shutil.which("tesseract") is None, reason="tesseract-ocr not installed (scripts/system-deps.sh)"
 )
 PATIENT = make_patients(1, seed=7)[0]
-[BASE] = make_study(
-    mrn=PATIENT.mrn,
-    accession="ACC7001",
-    study_date=dt.date(2024, 3, 5),
-    patient_name=PATIENT.name,
-    birth_date=PATIENT.birth_date,
-    sex=PATIENT.sex,
-    n_series=1,
-    n_instances=1,
-)
+[BASE] = base_study(PATIENT, "ACC7001", 1)
 NAME_TEXT = f"{PATIENT.family_name.upper()} {PATIENT.mrn}"
 QUARANTINE = PixelPolicy()
 CLEAN = PixelPolicy(PixelPolicyConfig(policy="clean"))
@@ -408,17 +400,6 @@ def test_clean_does_not_trust_ocr_when_the_header_says_yes_and_nothing_was_maske
     assert verdict.reasons == ("BurnedInAnnotation is YES and no deid recipe knows where to mask",)
 
 
-RECIPE = """FORMAT dicom
-
-%filter graylist
-
-LABEL Phantom workstation screen capture
-  contains Modality OT
-  + contains ConversionType WSD
-  coordinates 0,0,512,48
-"""
-
-
 def cleaning_project(folder: Path, recipe: str) -> ProjectConfig:
     """A project under ``clean`` with one recipe file, relative to ``folder``."""
     return ProjectConfig(
@@ -432,7 +413,7 @@ def cleaning_project(folder: Path, recipe: str) -> ProjectConfig:
 
 @needs_tesseract
 def test_a_project_recipe_masks_its_own_devices(tmp_path: Path) -> None:
-    (tmp_path / "site.dicom").write_text(RECIPE)
+    (tmp_path / "site.dicom").write_text(SC_RECIPE)
     ds = secondary_capture(BASE, NAME_TEXT, burned_in="YES")
     verdict = inspect_instance(
         ds, PixelPolicy.for_project(cleaning_project(tmp_path, "site.dicom"))
@@ -445,7 +426,7 @@ def test_a_project_recipe_masks_its_own_devices(tmp_path: Path) -> None:
 def test_a_bad_recipe_file_fails_early_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"pixels\.recipe_files: .*missing\.dicom: no such file"):
         PixelPolicy.for_project(cleaning_project(tmp_path, "missing.dicom"))
-    (tmp_path / "bad.dicom").write_text(RECIPE.replace("0,0,512,48", "0,0,512"))
+    (tmp_path / "bad.dicom").write_text(SC_RECIPE.replace("0,0,512,48", "0,0,512"))
     with pytest.raises(
         ConfigError,
         match=r"bad\.dicom, LABEL Phantom workstation screen capture: coordinates '0,0,512' ",

@@ -28,8 +28,8 @@ from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Workspace, deidentify_and_export
-from pacsflow.sandbox import FakePatient, make_patients, make_study
-from tests.pixel_phantoms import ct_slice, secondary_capture, ultrasound
+from pacsflow.sandbox import FakePatient, make_patients
+from tests.pixel_phantoms import SC_RECIPE, base_study, ct_slice, secondary_capture, ultrasound
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tesseract") is None, reason="tesseract-ocr not installed (scripts/system-deps.sh)"
@@ -38,32 +38,10 @@ PSEUDONYMIZER = Pseudonymizer(bytes(range(32)))
 BASIC = build_profile("basic")
 DATE = dt.date(2024, 3, 5)
 PATIENTS = make_patients(4, seed=77)
-SC_RECIPE = """FORMAT dicom
-
-%filter graylist
-
-LABEL Phantom workstation screen capture
-  contains Modality OT
-  + contains ConversionType WSD
-  coordinates 0,0,512,48
-"""
 
 
 def project(**pixels: object) -> ProjectConfig:
     return ProjectConfig(name="pixels", sources=["pacs"], destination="local", pixels=pixels)
-
-
-def base_study(patient: FakePatient, accession: str, n: int) -> list[Dataset]:
-    return make_study(
-        mrn=patient.mrn,
-        accession=accession,
-        study_date=DATE,
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
-        n_series=1,
-        n_instances=n,
-    )
 
 
 def burned_text(patient: FakePatient) -> str:
