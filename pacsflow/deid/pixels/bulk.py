@@ -39,9 +39,8 @@ class BulkFindings:
     """Kept overlay bitmaps (uint8, text white), for the caller to OCR."""
 
 
-def _groups(ds: Dataset, base: int) -> list[int]:
-    """Repeating groups present in ``ds``: base, base + 2, ... base + 0x1E (PS3.5 7.6)."""
-    present = {tag.group for tag in ds.keys()}  # noqa: SIM118 - tags, without decoding
+def _groups(present: set[int], base: int) -> list[int]:
+    """Repeating groups among ``present``: base, base + 2, ... base + 0x1E (PS3.5 7.6)."""
     return [group for group in range(base, base + 0x20, 2) if group in present]
 
 
@@ -70,8 +69,8 @@ def _looks_like_text(data: bytes) -> bool:
     return False
 
 
-def handle_overlays(ds: Dataset, keep: bool, findings: BulkFindings) -> None:
-    for group in _groups(ds, 0x6000):
+def handle_overlays(ds: Dataset, keep: bool, findings: BulkFindings, groups: set[int]) -> None:
+    for group in _groups(groups, 0x6000):
         name = f"overlay group {group:04X}"
         if (group, 0x3000) not in ds and (group, 0x0102) in ds:
             findings.suspicious.append(f"{name} is embedded in the PixelData high bits")
@@ -85,8 +84,8 @@ def handle_overlays(ds: Dataset, keep: bool, findings: BulkFindings) -> None:
             findings.overlays.append(bitmap)
 
 
-def handle_curves(ds: Dataset, keep: bool, findings: BulkFindings) -> None:
-    for group in _groups(ds, 0x5000):
+def handle_curves(ds: Dataset, keep: bool, findings: BulkFindings, groups: set[int]) -> None:
+    for group in _groups(groups, 0x5000):
         if keep:
             data = ds.get((group, 0x3000))
             if data is not None and _looks_like_text(bytes(data.value or b"")):
@@ -117,7 +116,8 @@ def handle_bulk(
     if ICON_IMAGE_SEQUENCE in ds:
         del ds[ICON_IMAGE_SEQUENCE]
         findings.removed.append("IconImageSequence")
-    handle_overlays(ds, keep_overlays, findings)
-    handle_curves(ds, keep_curves, findings)
+    groups = {tag.group for tag in ds.keys()}  # noqa: SIM118 - tags, without decoding
+    handle_overlays(ds, keep_overlays, findings, groups)
+    handle_curves(ds, keep_curves, findings, groups)
     handle_waveforms(ds, keep_waveforms, findings)
     return findings
