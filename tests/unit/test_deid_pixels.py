@@ -160,6 +160,18 @@ def test_small_text_on_a_small_frame_is_found() -> None:
     assert inspect_instance(ds, QUARANTINE).outcome is PixelOutcome.QUARANTINE
 
 
+def test_without_tesseract_an_image_needing_ocr_is_held_saying_how_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    verdict = inspect_instance(ultrasound(BASE, None, burned_in="NO"), QUARANTINE)
+    assert verdict.outcome is PixelOutcome.QUARANTINE
+    assert verdict.reasons == (
+        "the pixel policy needs OCR but the tesseract program is not installed: install "
+        "the Debian package tesseract-ocr (scripts/system-deps.sh does)",
+    )
+
+
 def test_sampled_frames_include_first_and_last() -> None:
     assert sample_indices(1, 3) == [0]
     assert sample_indices(2, 3) == [0, 1]

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pacsflow.config import PixelPolicyMode
 from pacsflow.deid.pixels.bulk import handle_bulk
 from pacsflow.deid.pixels.images import frames_for_ocr
-from pacsflow.deid.pixels.ocr import find_text
+from pacsflow.deid.pixels.ocr import OcrUnavailable, find_text
 from pacsflow.deid.pixels.policy import PixelPolicy
 from pacsflow.deid.pixels.risk import Risk, RiskLevel, assess
 from pacsflow.deid.pixels.segments import strip_encapsulated
@@ -50,7 +50,12 @@ class _Inspection:
         self.ocr_seconds = 0.0
 
     def ocr(self, picture, where: str) -> bool:
-        found = find_text(picture, self.policy.settings.ocr_min_confidence)
+        """OCR one picture; True (and a reason) when it has text or cannot be read."""
+        try:
+            found = find_text(picture, self.policy.settings.ocr_min_confidence)
+        except OcrUnavailable as exc:  # held, not exported unseen; the reason says the fix
+            self.reasons.append(str(exc))
+            return True
         self.ocr_images += 1
         self.ocr_seconds += found.seconds
         if found.words:
