@@ -24,6 +24,7 @@ from rich.table import Table
 
 from deployments.server import ensure_server
 from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load_site_config
+from pacsflow.deid.pixels import PixelPolicy
 from pacsflow.deid.profile import build_profile
 from pacsflow.errors import ConfigError, ManifestError
 from pacsflow.ledger import make_engine, migrate, session_factory
@@ -57,6 +58,7 @@ def _load_inputs(
         proj.check_against(site)
         # Build the profile now: a mistake in a profile file is invalid input too.
         build_profile(proj.profile, proj.profile_options, proj.resolved_profile_files)
+        PixelPolicy.for_project(proj)  # and a mistake in a pixel recipe file
         rows = len(read_manifest(manifest, proj.name)) if manifest else 0
     except (ConfigError, ManifestError) as exc:
         raise _fail_input(str(exc)) from None

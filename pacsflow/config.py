@@ -143,6 +143,59 @@ class FilterConfig(_Frozen):
     )
 
 
+class PixelPolicyMode(StrEnum):
+    """What to do with an instance whose pixels may carry burned-in identifiers.
+
+    There is no "off": a project that wants pixels exported unseen must say so in a
+    profile it owns, not by flipping a switch here.
+    """
+
+    QUARANTINE = "quarantine"
+    CLEAN = "clean"
+
+
+class PixelPolicyConfig(_Frozen):
+    """How a project treats identifiers in pixel and bulk data (README, "Pixel PHI")."""
+
+    policy: PixelPolicyMode = Field(
+        default=PixelPolicyMode.QUARANTINE,
+        description="quarantine: hold back a study with an instance that says or is likely "
+        "to carry burned-in text, or in which OCR finds text. clean: mask the regions a "
+        "deid recipe knows for that device, OCR again, and quarantine what still has text.",
+    )
+    keep_overlays: bool = Field(
+        default=False,
+        description="Keep overlay planes (60xx); kept overlays are OCR'd. The profile must "
+        "keep them too (the Basic Profile removes them).",
+    )
+    keep_waveforms: bool = Field(
+        default=False,
+        description="Keep WaveformSequence; kept waveform data is scanned for text.",
+    )
+    keep_curves: bool = Field(
+        default=False, description="Keep retired curve groups (50xx); they are removed otherwise."
+    )
+    ocr_every_image: bool = Field(
+        default=False,
+        description="OCR every image, not only those the risk rules send to OCR (slower).",
+    )
+    ocr_min_confidence: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Tesseract word confidence (0-100) from which a word of 3 or more "
+        "letters or digits counts as text found.",
+    )
+    ocr_max_frames: int = Field(
+        default=3, ge=1, description="Frames of a multi-frame image to OCR, evenly spaced."
+    )
+    recipe_files: list[Path] = Field(
+        default_factory=list,
+        description="Extra deid recipe files (%filter sections with coordinates) naming the "
+        "regions to mask on this project's devices; relative to the project file.",
+    )
+
+
 class ProjectConfig(_Frozen):
     """One research project: which sources to search, in order, and where to export."""
 
@@ -160,6 +213,10 @@ class ProjectConfig(_Frozen):
         "paths are relative to the project file.",
     )
     filters: FilterConfig = FilterConfig()
+    pixels: PixelPolicyConfig = Field(
+        default_factory=PixelPolicyConfig,
+        description="Pixel PHI policy: burned-in text, overlays, waveforms, JPEG segments.",
+    )
     base_dir: Path | None = Field(
         default=None, description="Folder of the project file; set by the loader."
     )
@@ -176,6 +233,11 @@ class ProjectConfig(_Frozen):
     def resolved_profile_files(self) -> list[Path]:
         base = self.base_dir or Path.cwd()
         return [path if path.is_absolute() else base / path for path in self.profile_files]
+
+    @property
+    def resolved_pixel_recipes(self) -> list[Path]:
+        base = self.base_dir or Path.cwd()
+        return [path if path.is_absolute() else base / path for path in self.pixels.recipe_files]
 
     @field_validator("modalities")
     @classmethod

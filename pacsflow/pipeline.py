@@ -16,6 +16,7 @@ import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacsflow.config import ProjectConfig, RetrieveMethod, SiteConfig
+from pacsflow.deid.pixels import PixelPolicy, PixelVerdict, inspect_instance
 from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.deid.study import deidentify_study
@@ -179,6 +180,14 @@ def deidentify_and_export(
     work = ws.staging / "deid" / study.ref
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    # Pixel PHI: every original instance is inspected before the profile runs.
+    pixel_policy = PixelPolicy.for_project(project)
+    verdicts: list[PixelVerdict] = []
+
+    def inspect(ds: pydicom.Dataset) -> PixelVerdict:
+        verdicts.append(inspect_instance(ds, pixel_policy))
+        return verdicts[-1]
+
     result = deidentify_study(
         selection.kept,
         profile,
@@ -186,10 +195,26 @@ def deidentify_and_export(
         work,
         mrn=study.mrn,
         accession=study.accession_number,
+        inspect=inspect,
     )
-    if not result.exportable:
+    ocr_images = sum(v.ocr_images for v in verdicts)
+    if ocr_images:
+        seconds = sum(v.ocr_seconds for v in verdicts)
+        LOGGER.info("study %s: OCR of %d images took %.2f s", study_id, ocr_images, seconds)
+    held: list[str] = []
+    pixel_held = [v for v in verdicts if not v.exportable]
+    if pixel_held:  # quarantined like a leak, with rule names (never the text found)
+        reasons = sorted({reason for v in pixel_held for reason in v.reasons})
+        held.append(
+            f"pixel policy {pixel_policy.mode.value} held {len(pixel_held)} of "
+            f"{len(selection.kept)} instances: " + "; ".join(reasons)
+        )
+        LOGGER.warning("study %s quarantined by the pixel policy", study_id)
+    if not result.gate.passed:
+        held.append(result.gate.summary())
         LOGGER.warning("study %s quarantined by the PHI gate", study_id)
-        return _finish(ws, study, StudyStatus.QUARANTINED, result.summary(), work)
+    if held:
+        return _finish(ws, study, StudyStatus.QUARANTINED, "; ".join(held), work)
 
     destination = make_destination(ws.site.destinations[project.destination])
     receipt = destination.export(work, project.name, patient, pseudo_study)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real servers the integration tests run against (Debian packages):
 # Orthanc + DICOMweb (primary, secondary PACS), dcmtk and dicom3tools (validity checks),
-# PostgreSQL (ledger, Prefect DB).
+# PostgreSQL (ledger, Prefect DB), Tesseract (OCR for the pixel PHI policy).
 # Does nothing when they are present; needs root or sudo when they are not.
 set -euo pipefail
 
@@ -11,6 +11,7 @@ command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc
 [ -x /usr/bin/dcmdump ] || need+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need+=(dicom3tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/bin/tesseract ] || need+=(tesseract-ocr)
 ((${#need[@]})) || exit 0
 
 echo "Installing system packages: ${need[*]}"
