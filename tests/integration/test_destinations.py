@@ -402,3 +402,26 @@ def test_dicomweb_basic_auth(tmp_path: Path, orthanc_with_auth: str) -> None:
     config = changed(config, password="wonder")
     receipt = make_destination(config).export(folder, "p", "PAT", study_uid)
     assert (receipt.instances, receipt.sent) == (2, 2)
+
+
+def test_the_linker_goes_to_the_ftps_drop(tmp_path: Path, ftps: FtpsServer) -> None:
+    linker = tmp_path / "linker.parquet"
+    linker.write_bytes(b"PAR1 not really")
+    destination = make_destination(
+        FtpsDestinationConfig(
+            type="ftps",
+            host="127.0.0.1",
+            port=ftps.port,
+            username=USER,
+            password=PASSWORD,
+            directory="/incoming",
+            ca_file=ftps.certificate.ca_file,
+        )
+    )
+    where = destination.send_file(linker, "linker-project")
+    linker.write_bytes(b"PAR1 second version")
+    assert destination.send_file(linker, "linker-project") == where
+    assert where.endswith("/incoming/linker-project/linker.parquet")
+    folder = ftps.root / "incoming" / "linker-project"
+    assert (folder / "linker.parquet").read_bytes() == b"PAR1 second version"
+    assert [p.name for p in folder.iterdir() if p.is_file()] == ["linker.parquet"]
