@@ -12,7 +12,8 @@ pyftpdlib FTPS server on 127.0.0.1, and times, per type:
   by STOW-RS in batches, then counts it with QIDO-RS;
 * ``ftps``: the floor is a plain ``storbinary`` of study B's files zipped beforehand;
   pacsflow builds the zip, uploads, renames and counts its entries on the server;
-* ``filesystem``: the floor is ``shutil.copytree``; pacsflow copies, fsyncs and renames.
+* ``filesystem``: the floors are ``shutil.copytree``, and the same with an fsync of each
+  file (as durable as the destination); pacsflow copies, fsyncs and renames.
 
 It prints instances/s for both sides and their ratio; the goal is at least 0.7 of
 each floor. Absolute figures on a shared machine are noisy; the ratios are the result.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ftplib
+import os
 import shutil
 import ssl
 import subprocess
@@ -167,6 +169,16 @@ def main() -> None:
             folder = make_destination(FilesystemDestinationConfig(path=work / "export"))
             ours = timed(lambda: folder.export(study_b, "bench", "PAT", uid_b))
             results.append(row("filesystem", n, floor, ours, "copytree"))
+
+            # The same floor made durable, as the destination is (fsync before the rename).
+            def durable_copy() -> None:
+                shutil.copytree(study_b, work / "durable-copy")
+                for path in (work / "durable-copy").iterdir():
+                    with path.open("rb") as handle:
+                        os.fsync(handle.fileno())
+
+            floor = timed(durable_copy)
+            results.append(row("filesystem", n, floor, ours, "copytree+fsync"))
         finally:
             ftps.stop()
             stop_all([node, archive])
