@@ -8,11 +8,12 @@ name and users can view and edit them in the Prefect UI.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from blocks.destinations import FilesystemExportDestination
+from blocks.destinations import BLOCK_FOR_TYPE, destination_block
 from blocks.sources import DicomSource
 from pacsflow.config import ReceiverConfig, SiteConfig
 from pacsflow.errors import ConfigError
@@ -35,7 +36,15 @@ class PacsflowSite(Block):
     receiver_port: int = Field(default=11112, description="Port the receiver listens on.")
     staging: str = Field(description="Folder for raw retrieved studies (holds identifiers).")
     sources: list[str] = Field(description="Names of pacsflow DICOM source blocks.")
-    destinations: list[str] = Field(description="Names of pacsflow destination blocks.")
+    destinations: dict[str, str] = Field(
+        description="Names of pacsflow destination blocks, each with its type (dicom...)."
+    )
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _names_only_were_folders(cls, value: Any) -> Any:
+        # Sites saved before other destination types existed listed names only.
+        return {name: "filesystem" for name in value} if isinstance(value, list) else value
 
 
 def _absolute_sqlite(url: str, base: Path) -> str:
@@ -46,14 +55,25 @@ def _absolute_sqlite(url: str, base: Path) -> str:
     return url
 
 
+def _absolute_paths(model: BaseModel, base: Path) -> Any:
+    """``model`` with every relative path in it (CA files, folders) made absolute."""
+    update: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path):
+            update[name] = (base / value).resolve()
+        elif isinstance(value, BaseModel):
+            update[name] = _absolute_paths(value, base)
+    return model.model_copy(update=update)
+
+
 def save_site(config: SiteConfig, name: str = DEFAULT_SITE, base: Path | None = None) -> None:
     """Save ``config`` as blocks: one per source and destination, and the site itself."""
     base = base or Path.cwd()
     for source_name, source in config.sources.items():
         DicomSource.from_config(source).save(source_name, overwrite=True)
     for dest_name, dest in config.destinations.items():
-        resolved = dest.model_copy(update={"path": (base / dest.path).resolve()})
-        FilesystemExportDestination.from_config(resolved).save(dest_name, overwrite=True)
+        destination_block(_absolute_paths(dest, base)).save(dest_name, overwrite=True)
     PacsflowSite(
         ledger_url=SecretStr(_absolute_sqlite(config.ledger, base)),
         receiver_ae_title=config.receiver.ae_title,
@@ -61,7 +81,7 @@ def save_site(config: SiteConfig, name: str = DEFAULT_SITE, base: Path | None = 
         receiver_port=config.receiver.port,
         staging=str((base / config.staging).resolve()),
         sources=list(config.sources),
-        destinations=list(config.destinations),
+        destinations={name: dest.type for name, dest in config.destinations.items()},
     ).save(name, overwrite=True)
 
 
@@ -86,7 +106,7 @@ def load_site(name: str = DEFAULT_SITE) -> SiteConfig:
         staging=Path(site.staging),
         sources={n: _load(DicomSource, n, "DICOM source").to_config() for n in site.sources},
         destinations={
-            n: _load(FilesystemExportDestination, n, "destination").to_config()
-            for n in site.destinations
+            n: _load(BLOCK_FOR_TYPE[kind], n, f"{kind} destination").to_config()
+            for n, kind in site.destinations.items()
         },
     )

@@ -186,8 +186,11 @@ def run_extract(
         flow_run_id = state.state_details.flow_run_id
         ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
         console.print(f"Flow run: {ui}/runs/flow-run/{flow_run_id}  ({state.name})")
-    dest = site.destinations[project.destination].path
-    console.print(f"Exported studies are under {Path(dest).resolve() / project.name}")
+    dest = site.destinations[project.destination]
+    if dest.type == "filesystem":
+        console.print(f"Exported studies are under {Path(dest.path).resolve() / project.name}")
+    else:
+        console.print(f"Exported studies went to destination {project.destination} ({dest.type})")
     if any(counts[s] for s in ("failed", "quarantined", "pending", "retrieving")):
         console.print("Some studies did not finish; `pacsflow status` shows why.")
         return 1
@@ -422,6 +425,58 @@ def deploy(
         f"Start workers with: prefect worker start --pool {pool}\n"
         f"Trigger runs at {server.ui_url}/deployments"
     )
+
+
+@app.command("export-linker")
+def export_linker_command(
+    project: Annotated[str, typer.Option(help="Project slug.")],
+    config: ConfigOption = Path("pacsflow.yaml"),
+    destination: Annotated[
+        str | None,
+        typer.Option(help="The project's destination; needed when the site declares several."),
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Local folder for the linker file.")] = Path(
+        ".pacsflow/linker"
+    ),
+) -> None:
+    """Write the project's linker table (procedure_id to pseudonyms, never an MRN or
+    accession) as parquet and send it to the project's destination."""
+    from pacsflow.errors import PacsflowError
+    from pacsflow.export import make_destination
+    from pacsflow.linker import export_linker
+
+    try:
+        site = load_site_config(config)
+        if destination is None and len(site.destinations) != 1:
+            raise ConfigError(
+                f"the site declares {len(site.destinations)} destinations "
+                f"{sorted(site.destinations)}; pass --destination with the project's one"
+            )
+        name = destination or next(iter(site.destinations))
+        if name not in site.destinations:
+            raise ConfigError(
+                f"--destination {name!r} is not declared in the site config; known "
+                f"destinations: {sorted(site.destinations)}"
+            )
+        target = make_destination(site.destinations[name])
+    except ConfigError as exc:
+        raise _fail_input(str(exc)) from None
+    engine = make_engine(site.ledger)
+    migrate(engine)
+    try:
+        with session_factory(engine)() as session:
+            result = export_linker(session, project, target, output / project)
+    except PacsflowError as exc:
+        console.print(f"[bold red]error:[/] sending the linker failed: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"Linker of {project}: {result.rows} exported studies in {result.local}")
+    if result.sent_to:
+        console.print(f"Sent to {name}: {result.sent_to}")
+    else:
+        console.print(
+            f"Destination {name} ({site.destinations[name].type}) holds DICOM only: hand the "
+            "local file to the research team another way."
+        )
 
 
 if __name__ == "__main__":

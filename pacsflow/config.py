@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pacsflow.errors import ConfigError
 
@@ -71,11 +81,125 @@ class SourceConfig(_Frozen):
         return value.strip() if isinstance(value, str) else value
 
 
+# -- export destinations: one model per ``type:``, see pacsflow/export/ for each one ------
+
+
 class FilesystemDestinationConfig(_Frozen):
     """Export into a folder: ``<path>/<project>/<pseudo patient>/<pseudo study>/``."""
 
     type: Literal["filesystem"] = "filesystem"
-    path: Path
+    path: Path = Field(description="Root folder; one sub-folder per project is created.")
+    zip: bool = Field(
+        default=False,
+        description="Write one <pseudo study>.zip per study instead of a folder of files.",
+    )
+
+
+class DicomTlsConfig(_Frozen):
+    """DICOM TLS (PS3.15 Annex B.1, the Basic TLS Secure Transport Connection Profile)."""
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign the node's certificate; None trusts the "
+        "system's CAs.",
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Our PEM client certificate, if the node asks for one."
+    )
+    key_file: Path | None = Field(default=None, description="Private key of cert_file (PEM).")
+    check_hostname: bool = Field(
+        default=True, description="Check that the node's certificate names its host."
+    )
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> DicomTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
+class DicomDestinationConfig(_Frozen):
+    """Send studies by C-STORE to a DICOM node (a research PACS, an XNAT, an Orthanc)."""
+
+    type: Literal["dicom"]
+    ae_title: Annotated[str, Field(pattern=_AE_TITLE, description="The node's AE title.")]
+    host: str = Field(description="Host name or address of the node.")
+    port: int = Field(ge=1, le=65535, description="DICOM port of the node.")
+    calling_ae_title: Annotated[str, Field(pattern=_AE_TITLE)] = Field(
+        default="PACSFLOW",
+        description="Our AE title; the node must accept C-STORE and C-FIND from it.",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=16, description="Associations sending one study at once."
+    )
+    timeout: float = Field(default=60.0, gt=0, description="Network timeout in seconds.")
+    tls: DicomTlsConfig | None = Field(default=None, description="DICOM TLS; None is plain TCP.")
+
+
+class DicomwebDestinationConfig(_Frozen):
+    """Send studies by STOW-RS to a DICOMweb archive (PS3.18 Section 10.5)."""
+
+    type: Literal["dicomweb"]
+    url: str = Field(
+        pattern=r"^https?://", description="Base URL of the service, e.g. https://host/dicom-web."
+    )
+    username: str | None = Field(default=None, description="User name for HTTP basic auth.")
+    password: SecretStr | None = Field(default=None, description="Password for basic auth.")
+    token: SecretStr | None = Field(default=None, description="Bearer token (instead of basic).")
+    batch_size: int = Field(default=20, ge=1, le=1000, description="Instances per STOW-RS request.")
+    timeout: float = Field(default=120.0, gt=0, description="HTTP timeout in seconds.")
+    ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle for https; None uses the system's."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> DicomwebDestinationConfig:
+        if self.token is not None and (self.username or self.password):
+            raise ValueError("give either token (bearer) or username and password (basic)")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("basic auth needs both username and password")
+        return self
+
+
+class FtpsDestinationConfig(_Frozen):
+    """Upload one zip per study to an FTP server over explicit TLS (``AUTH TLS``)."""
+
+    type: Literal["ftps"]
+    host: str = Field(description="Host name or address of the FTPS server.")
+    port: int = Field(default=21, ge=1, le=65535, description="Control port of the server.")
+    username: str = Field(description="FTP user name.")
+    password: SecretStr = Field(description="FTP password.")
+    directory: str = Field(
+        default="/", description="Remote folder that holds one sub-folder per project."
+    )
+    timeout: float = Field(default=60.0, gt=0, description="Network timeout in seconds.")
+    ca_file: Path | None = Field(
+        default=None, description="PEM file of the CAs that sign the server's certificate."
+    )
+    check_hostname: bool = Field(
+        default=True, description="Check that the server's certificate names its host."
+    )
+
+
+def _destination_tag(value: Any) -> str | None:
+    """A destination without ``type:`` is a folder, as before other types existed."""
+    if isinstance(value, dict):
+        return value.get("type", "filesystem")
+    return getattr(value, "type", None)
+
+
+#: One site destination: pydantic picks the model by its ``type:`` key.
+DestinationConfig = Annotated[
+    Annotated[FilesystemDestinationConfig, Tag("filesystem")]
+    | Annotated[DicomDestinationConfig, Tag("dicom")]
+    | Annotated[DicomwebDestinationConfig, Tag("dicomweb")]
+    | Annotated[FtpsDestinationConfig, Tag("ftps")],
+    Discriminator(
+        _destination_tag,
+        custom_error_type="destination_type",
+        custom_error_message="type: Input should be 'filesystem', 'dicom', 'dicomweb' or 'ftps'",
+    ),
+]
 
 
 class ReceiverConfig(_Frozen):
@@ -93,7 +217,7 @@ class SiteConfig(_Frozen):
     receiver: ReceiverConfig = ReceiverConfig()
     staging: Path = Path(".pacsflow/staging")
     sources: dict[str, SourceConfig]
-    destinations: dict[str, FilesystemDestinationConfig]
+    destinations: dict[str, DestinationConfig]
 
     @field_validator("sources", "destinations")
     @classmethod

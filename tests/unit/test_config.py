@@ -124,7 +124,7 @@ def test_config_is_frozen() -> None:
         ("staging:", "stageing:", r"stageing: Extra inputs are not permitted"),
         ("ae_title: VNA", "ae_title: WAY-TOO-LONG-AE-TITLE", r"sources\.secondary\.ae_title: "),
         ("timeout: 120", "timeout: 0", r"sources\.secondary\.timeout: Input should be greater"),
-        ("type: filesystem", "type: s3", r"destinations\.research-share\.type: Input should be"),
+        ("type: filesystem", "type: s3", r"destinations\.research-share: type: Input should be"),
         ("  port: 11112\nstaging", "  port: -1\nstaging", r"receiver\.port: Input should be"),
         ("  primary:  ", "  Primary:  ", r"sources: Value error, name 'Primary' must be lowercase"),
     ],

@@ -114,7 +114,7 @@ def test_a_failed_copy_leaves_no_study_folder_and_a_retry_succeeds(
             shutil.copy2(path, Path(dst) / path.name)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pacsflow.export.shutil.copytree", copy_two_then_fail)
+    monkeypatch.setattr("pacsflow.export.filesystem.shutil.copytree", copy_two_then_fail)
     with pytest.raises(OSError, match="No space left on device"):
         destination.export(study_dir, PROJECT, PATIENT, STUDY)
 
@@ -126,7 +126,7 @@ def test_a_failed_copy_leaves_no_study_folder_and_a_retry_succeeds(
     [half] = list((project_dir / ".partial").iterdir())
     assert len(list(half.iterdir())) == 2
 
-    monkeypatch.setattr("pacsflow.export.shutil.copytree", real_copytree)
+    monkeypatch.setattr("pacsflow.export.filesystem.shutil.copytree", real_copytree)
     receipt = destination.export(study_dir, PROJECT, PATIENT, STUDY)
     assert receipt.already_present is False
     assert receipt.instances == 5
@@ -149,7 +149,7 @@ def test_the_study_folder_appears_only_when_complete(
         real_rename(src, dst)
         seen.append((final.exists(), len(list(final.iterdir()))))
 
-    monkeypatch.setattr("pacsflow.export.os.rename", watching_rename)
+    monkeypatch.setattr("pacsflow.export.filesystem.os.rename", watching_rename)
     destination.export(study_dir, PROJECT, PATIENT, STUDY)
     assert seen == [(False, 5), (True, 5)]
 
@@ -168,7 +168,7 @@ def test_another_worker_finishing_first_is_already_present(
         shutil.copytree(study_dir, final)
         real_rename(src, dst)
 
-    monkeypatch.setattr("pacsflow.export.os.rename", racing_rename)
+    monkeypatch.setattr("pacsflow.export.filesystem.os.rename", racing_rename)
     receipt = destination.export(study_dir, PROJECT, PATIENT, STUDY)
     assert receipt.already_present is True
     assert receipt.instances == 5

@@ -1,0 +1,189 @@
+"""How fast each destination type exports a study, against a floor from the same run.
+
+Run with ``python -m bench.destinations [--instances N]``. It writes two studies of N
+copies of ``693_UNCI.dcm`` (pydicom-data, a 512x512 CT of about 512 KB), each with its
+own fresh UIDs, starts a real Orthanc (``TCP_NODELAY=1``, DICOMweb plugin) and a
+pyftpdlib FTPS server on 127.0.0.1, and times, per type:
+
+* ``dicom``: the floor is dcmtk's ``/usr/bin/storescu`` sending study A to Orthanc;
+  pacsflow's C-STORE destination then sends study B (its C-FIND verification included);
+* ``dicomweb``: the floor is Orthanc's REST upload (``POST /instances``, one file per
+  request, one keep-alive session) of study A to a second Orthanc; pacsflow sends study B
+  by STOW-RS in batches, then counts it with QIDO-RS;
+* ``ftps``: the floor is a plain ``storbinary`` of study B's files zipped beforehand;
+  pacsflow builds the zip, uploads, renames and counts its entries on the server;
+* ``filesystem``: the floors are ``shutil.copytree``, and the same with an fsync of each
+  file (as durable as the destination); pacsflow copies, fsyncs and renames.
+
+It prints instances/s for both sides and their ratio; the goal is at least 0.7 of
+each floor. Absolute figures on a shared machine are noisy; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ftplib
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from pacsflow.config import (
+    DicomDestinationConfig,
+    DicomwebDestinationConfig,
+    FilesystemDestinationConfig,
+    FtpsDestinationConfig,
+)
+from pacsflow.export import make_destination
+from pacsflow.export.archive import write_study_zip
+from tests.ftps_server import PASSWORD, USER, start_ftps_server
+from tests.servers import free_port, start_orthanc, stop_all
+
+TEMPLATE = "693_UNCI.dcm"
+STORESCU = "/usr/bin/storescu"
+
+
+def make_study(folder: Path, count: int) -> str:
+    """``count`` instances of one study with fresh UIDs; returns its Study Instance UID."""
+    path = get_testdata_file(TEMPLATE)
+    if path is None:
+        raise SystemExit(f"{TEMPLATE} not found: install pydicom-data (pip install pydicom-data)")
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID = generate_uid(prefix="2.25.")
+    ds.SeriesInstanceUID = generate_uid(prefix="2.25.")
+    folder.mkdir(parents=True)
+    for index in range(count):
+        ds.SOPInstanceUID = generate_uid(prefix="2.25.")
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = index + 1
+        ds.save_as(folder / f"{index:05d}.dcm", enforce_file_format=True)
+    return str(ds.StudyInstanceUID)
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def row(kind: str, count: int, floor_s: float, ours_s: float, floor_name: str) -> str:
+    floor, ours = count / floor_s, count / ours_s
+    return (
+        f"{kind:<10} floor ({floor_name}) {floor:7.1f} inst/s   pacsflow {ours:7.1f} inst/s"
+        f"   ratio {ours / floor:5.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=1000)
+    args = parser.parse_args()
+    n = args.instances
+    with tempfile.TemporaryDirectory(prefix="pacsflow-bench-dest-") as tmp:
+        work = Path(tmp)
+        study_a, study_b = work / "study-a", work / "study-b"
+        make_study(study_a, n)
+        uid_b = make_study(study_b, n)
+        size_mb = sum(p.stat().st_size for p in study_b.glob("*.dcm")) / 1e6
+        print(f"{n} instances, {size_mb:.0f} MB per study")
+        modalities = {"pacsflow": ("PACSFLOW", "127.0.0.1", free_port())}
+        node = start_orthanc(work / "orthanc-dicom", "RESEARCH", modalities)
+        archive = start_orthanc(work / "orthanc-web", "ARCHIVE", modalities)
+        ftps = start_ftps_server(work / "ftps")
+        results = []
+        try:
+            # dicom
+            floor = timed(
+                lambda: subprocess.run(
+                    [
+                        STORESCU,
+                        "-aet",
+                        "PACSFLOW",
+                        "-aec",
+                        "RESEARCH",
+                        "+sd",
+                        "-nh",
+                        "127.0.0.1",
+                        str(node.dicom_port),
+                        str(study_a),
+                    ],
+                    check=True,
+                    env={"TCP_NODELAY": "1"},
+                )
+            )
+            dicom = make_destination(
+                DicomDestinationConfig(
+                    type="dicom", ae_title="RESEARCH", host="127.0.0.1", port=node.dicom_port
+                )
+            )
+            ours = timed(lambda: dicom.export(study_b, "bench", "PAT", uid_b))
+            assert node.instance_count() == 2 * n
+            results.append(row("dicom", n, floor, ours, "storescu"))
+
+            # dicomweb
+            floor = timed(lambda: archive.upload(sorted(study_a.glob("*.dcm"))))
+            web = make_destination(
+                DicomwebDestinationConfig(type="dicomweb", url=f"{archive.base_url}/dicom-web")
+            )
+            ours = timed(lambda: web.export(study_b, "bench", "PAT", uid_b))
+            assert archive.instance_count() == 2 * n
+            results.append(row("dicomweb", n, floor, ours, "POST /instances"))
+
+            # ftps
+            prebuilt = work / "prebuilt.zip"
+            write_study_zip(sorted(study_b.glob("*.dcm")), prebuilt)
+            context = ssl.create_default_context(cafile=str(ftps.certificate.ca_file))
+
+            def plain_upload() -> None:
+                with ftplib.FTP_TLS(context=context) as ftp:
+                    ftp.connect("127.0.0.1", ftps.port)
+                    ftp.login(USER, PASSWORD)
+                    ftp.prot_p()
+                    with prebuilt.open("rb") as handle:
+                        ftp.storbinary("STOR plain.zip", handle, blocksize=1 << 20)
+
+            floor = timed(plain_upload)
+            drop = make_destination(
+                FtpsDestinationConfig(
+                    type="ftps",
+                    host="127.0.0.1",
+                    port=ftps.port,
+                    username=USER,
+                    password=PASSWORD,
+                    ca_file=ftps.certificate.ca_file,
+                )
+            )
+            ours = timed(lambda: drop.export(study_b, "bench", "PAT", uid_b))
+            results.append(row("ftps", n, floor, ours, "plain STOR"))
+
+            # filesystem
+            floor = timed(lambda: shutil.copytree(study_b, work / "plain-copy"))
+            folder = make_destination(FilesystemDestinationConfig(path=work / "export"))
+            ours = timed(lambda: folder.export(study_b, "bench", "PAT", uid_b))
+            results.append(row("filesystem", n, floor, ours, "copytree"))
+
+            # The same floor made durable, as the destination is (fsync before the rename).
+            def durable_copy() -> None:
+                shutil.copytree(study_b, work / "durable-copy")
+                for path in (work / "durable-copy").iterdir():
+                    with path.open("rb") as handle:
+                        os.fsync(handle.fileno())
+
+            floor = timed(durable_copy)
+            results.append(row("filesystem", n, floor, ours, "copytree+fsync"))
+        finally:
+            ftps.stop()
+            stop_all([node, archive])
+        print("\n".join(results))
+
+
+if __name__ == "__main__":
+    main()
