@@ -135,7 +135,7 @@ def stage_study(ws: Workspace, project: str, seed: int) -> tuple[int, list[pydic
         [(study_id, _ref)] = repo.studies_to_process(session, project)
         repo.start_attempt(session, study_id)
         repo.update_study(session, study_id, source="pacs", found_study_uid=uid)
-    write_study(study, storage.study_dir(ws.staging, uid))
+    write_study(study, storage.study_dir(ws.staging, project, uid))
     return study_id, study
 
 

@@ -205,7 +205,8 @@ def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(sc
     with get_client(sync_client=True) as client:
         runs = _wait_final(client, [r.id for r in started])
         assert all(r.state.is_completed() for r in runs), [r.state.message for r in runs]
-        chunks = [r for r in client.read_flow_runs(limit=200) if r.name.startswith("process-")]
+        ours = {f"process-{name}-{chunk}" for name in PROJECTS for chunk in (0, 1)}
+        chunks = [r for r in client.read_flow_runs(limit=200) if r.name in ours]
     assert len(chunks) == 2 * len(PROJECTS) and all(r.state.is_completed() for r in chunks)
 
     # The sources never saw more than their limits, and the limits were used.
