@@ -18,6 +18,7 @@ ends. Port 4200 (a user's own Prefect server) is never used.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 import requests
 import yaml
 
+from bench.baselines.bare_pipeline import BareResult, run_bare
 from bench.studies import BenchStudy, read_manifest_rows, write_manifest
 from pacsflow.config import ProjectConfig, SiteConfig
 from pacsflow.sandbox.activity import (
@@ -48,7 +50,6 @@ from pacsflow.sandbox.activity import (
 from tests.servers import (
     LOOPBACK,
     OrthancServer,
-    free_port,
     log_tail,
     start_orthanc,
     start_postgres,
@@ -58,6 +59,7 @@ from tests.servers import (
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "bench"
 RECEIVER_AE = "PACSFLOW"
+BARE_AE = "BARE"  # the bare baseline's calling AE and C-MOVE destination
 BACKENDS = ("sqlite", "postgres")
 
 
@@ -169,7 +171,7 @@ def sandbox_process(
         sys.executable,
         "-m",
         "bench.sandbox_server",
-        *("--storage", str(root / "storage"), "--port", str(free_port())),
+        *("--storage", str(root / "storage"), "--port", "0"),  # it reports the real port
         *("--ae-title", ae_title, "--studies", str(studies), "--instances", str(instances)),
         *("--retrieve-delay", str(retrieve_delay), "--activity-log", str(root / "activity.jsonl")),
         *("--manifest", str(root / "manifest.csv"), "--ready", str(ready)),
@@ -361,6 +363,35 @@ def exported(export: Path) -> tuple[int, int]:
         return 0, 0
     studies = [p for p in export.glob("*/*") if p.is_dir() and not p.parts[-2].startswith(".")]
     return len(studies), sum(len(list(p.glob("*.dcm"))) for p in studies)
+
+
+def add_extract_args(parser: argparse.ArgumentParser) -> None:
+    """``--extract-args``: options passed on to every ``pacsflow extract`` of a benchmark."""
+    parser.add_argument(
+        "--extract-args", default="", help='Extra `pacsflow extract` options, e.g. "--workers 8".'
+    )
+
+
+def bare_baseline(
+    root: Path,
+    source: Source,
+    rows: Sequence[dict[str, str]],
+    *,
+    k: int,
+    retrieve: str,
+    scp_port: int,
+) -> BareResult:
+    """The bare script against ``source`` (which knows :data:`BARE_AE` at ``scp_port``)."""
+    return run_bare(
+        rows,
+        (source.ae_title, source.host, source.port),
+        k=k,
+        method=retrieve,
+        out_dir=root / "bare-out",
+        work_dir=root / "bare",
+        ae_title=BARE_AE,
+        scp_port=scp_port,
+    )
 
 
 # -- printing -----------------------------------------------------------------------

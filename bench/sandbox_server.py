@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -37,7 +38,7 @@ def _destination(text: str) -> tuple[str, str, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", type=Path, required=True, help="Folder for the files.")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0 picks a free port.")
     parser.add_argument("--ae-title", default="SLOWPACS")
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--instances", type=int, default=1, help="Instances per study.")
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         retrieve_delay=args.retrieve_delay,
         activity_log=args.activity_log,
     )
+    parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = args.ready.with_suffix(".tmp")
         tmp.write_text(json.dumps(ready))
         tmp.rename(args.ready)  # whole or absent: the harness never reads half a file
-        while not stop.wait(0.5):
+        # Also stop when the benchmark that started us died (we were re-parented).
+        while not stop.wait(0.5) and os.getppid() == parent:
             pass
 
 

@@ -21,11 +21,13 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from bench.baselines.bare_pipeline import run_bare
 from bench.harness import (
     BACKENDS,
+    BARE_AE,
     RECEIVER_AE,
     SourceRecord,
+    add_extract_args,
+    bare_baseline,
     check,
     exported,
     figure,
@@ -36,8 +38,6 @@ from bench.harness import (
     write_site,
 )
 from tests.servers import free_port
-
-BARE_AE = "BARE"
 
 
 def _print_source(record: SourceRecord, k: int) -> bool:
@@ -77,9 +77,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=1.0, help="Seconds per retrieval.")
     parser.add_argument("--retrieve", choices=("move", "get"), default="move")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="sqlite,postgres")
-    parser.add_argument(
-        "--extract-args", default="", help='Extra `pacsflow extract` options, e.g. "--workers 8".'
-    )
+    add_extract_args(parser)
     args = parser.parse_args()
     k, n = args.k, args.studies
     ideal = k / args.delay
@@ -98,18 +96,10 @@ def main() -> None:
             destinations={RECEIVER_AE: receiver_port, BARE_AE: bare_port},
         ) as pacs:
             rows = pacs.rows
-            source = (pacs.source.ae_title, pacs.source.host, pacs.source.port)
 
             mark = pacs.log_offset()
-            bare = run_bare(
-                rows,
-                source,
-                k=k,
-                method=args.retrieve,
-                out_dir=root / "bare-out",
-                work_dir=root / "bare",
-                ae_title=BARE_AE,
-                scp_port=bare_port,
+            bare = bare_baseline(
+                root, pacs.source, rows, k=k, retrieve=args.retrieve, scp_port=bare_port
             )
             bare_rate = bare.studies / bare.seconds
             print(
@@ -133,12 +123,13 @@ def main() -> None:
                     mark = pacs.log_offset()
                     run = run_extract(site, server.api_url, shlex.split(args.extract_args))
                     ops = pacs.activity(mark)
+                    counts = status_counts(site)  # while a PostgreSQL ledger still runs
                 studies, _ = exported(site.export)
                 rate = studies / run.seconds
                 print(
                     f"\npacsflow on a {server.name} Prefect server: exit {run.returncode}, "
                     f"{studies}/{n} exported in {run.seconds:.1f} s = {rate:.2f} studies/s; "
-                    f"ledger {status_counts(site)}"
+                    f"ledger {counts}"
                 )
                 ok_all = check(
                     "every study exported", studies / n, "= 1", studies == n and run.returncode == 0
@@ -155,6 +146,7 @@ def main() -> None:
                     print(f"  pacsflow extract output (tail):\n{run.tail(15)}")
                 all_ok = all_ok and ok_all and ok_rate and ok_source
     print(f"\nsaturation: {'PASS' if all_ok else 'FAIL'}")
+    raise SystemExit(0 if all_ok else 1)
 
 
 if __name__ == "__main__":

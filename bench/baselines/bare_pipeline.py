@@ -72,6 +72,8 @@ _REMOVE = (
     "InstitutionalDepartmentName",
     "MedicalRecordLocator",
     "InstanceCreatorUID",
+    "ScheduledProcedureStepID",
+    "RequestedProcedureID",
 )
 _EMPTY = (
     "AccessionNumber",

@@ -25,7 +25,7 @@ FINDSCU = "/usr/bin/findscu"
 MOVESCU = "/usr/bin/movescu"
 STORESCP = "/usr/bin/storescp"
 ECHOSCU = "/usr/bin/echoscu"
-_STUDY_UID = re.compile(rb"\(0020,000d\) UI \[([0-9.]+)\]")
+_STUDY_UID = re.compile(rb"\(0020,000d\) UI \[([0-9.]+)[ \x00]*\]")  # values may be padded
 
 
 @dataclass(frozen=True)
