@@ -368,7 +368,9 @@ def exported(export: Path) -> tuple[int, int]:
 def add_extract_args(parser: argparse.ArgumentParser) -> None:
     """``--extract-args``: options passed on to every ``pacsflow extract`` of a benchmark."""
     parser.add_argument(
-        "--extract-args", default="", help='Extra `pacsflow extract` options, e.g. "--workers 8".'
+        "--extract-args",
+        default="",
+        help='Extra `pacsflow extract` options, e.g. "--export-lanes 4".',
     )
 
 
