@@ -308,6 +308,13 @@ def sandbox(
     secondary_port: int = 11243,
     receiver_port: int = 11112,
     studies: int = 12,
+    retrieve_delay: Annotated[
+        float, typer.Option(min=0, help="Seconds each C-MOVE/C-GET waits, as a busy archive.")
+    ] = 0.0,
+    activity_log: Annotated[
+        Path | None,
+        typer.Option(help="Append every C-FIND/C-MOVE/C-GET served to this JSONL file."),
+    ] = None,
 ) -> None:
     """Start two local PACS with synthetic studies and write a config, project and manifest."""
     from pacsflow.sandbox.scenario import build_sandbox
@@ -318,6 +325,8 @@ def sandbox(
         secondary_port=secondary_port,
         receiver_port=receiver_port,
         n_studies=studies,
+        retrieve_delay=retrieve_delay,
+        activity_log=activity_log,
     )
     console.print(
         f"Sandbox PACS running: PRIMARY on {primary_port}, SECONDARY on "

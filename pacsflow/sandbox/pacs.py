@@ -8,16 +8,25 @@ in memory and reads pixel data only when an instance is sent.
 It deliberately supports only the SOP classes it needs: pynetdicom deep-copies and
 validates every supported presentation context on each association, so the storage
 contexts offered for C-GET are those of the SOP classes actually held, not all 128.
+
+For benchmarks it can act as a busy archive: ``retrieve_delay`` makes every C-MOVE and
+C-GET wait before sending, on its own association's thread so the others go on, and
+every request it serves is recorded (:attr:`SandboxPacs.activity`, optionally appended to
+a JSONL file another process can read; see :mod:`pacsflow.sandbox.activity`).
 """
 
 from __future__ import annotations
 
 import errno
 import fnmatch
+import itertools
 import logging
+import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +51,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
 from pacsflow.errors import PacsflowError
+from pacsflow.sandbox.activity import Operation, OperationKind
 
 LOGGER = logging.getLogger(__name__)
 
@@ -134,6 +144,11 @@ class SandboxPacs:
     on a real PACS, so a typo in the destination AE gives 0xA801 rather than data sent
     somewhere. :meth:`set_offline` makes it reject every association, so tests can tell
     "source down" from "not found".
+
+    ``retrieve_delay`` seconds pass before each C-MOVE or C-GET sends anything, as on an
+    archive that fetches studies from slow storage. Every C-FIND, C-MOVE and C-GET served
+    is kept in :attr:`activity` and, with ``activity_log``, appended to that file as one
+    JSON line when it ends.
     """
 
     def __init__(
@@ -145,7 +160,14 @@ class SandboxPacs:
         host: str = "127.0.0.1",
         *,
         timeout: float = 30.0,
+        retrieve_delay: float = 0.0,
+        activity_log: Path | None = None,
     ) -> None:
+        if retrieve_delay < 0:
+            raise ValueError(
+                f'Argument "retrieve_delay" must not be negative (got {retrieve_delay}); '
+                "use 0 for an archive that sends at once."
+            )
         self.ae_title = ae_title
         self.storage_dir = Path(storage_dir)
         self._host = host
@@ -159,6 +181,13 @@ class SandboxPacs:
         # Tests run many associations in parallel; a real PACS allows dozens.
         self._ae.maximum_associations = 64
         self._server: ThreadedAssociationServer | None = None
+        self.retrieve_delay = retrieve_delay
+        self.activity_log = Path(activity_log) if activity_log is not None else None
+        self._activity: list[Operation] = []
+        self._sequence = itertools.count(1)
+        self._log_fd: int | None = None
+        # Set by stop(), so that a delayed retrieval does not outlive the server.
+        self._stopping = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -176,6 +205,12 @@ class SandboxPacs:
         if self._server is not None:
             return self
         self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self._stopping.clear()
+        if self.activity_log is not None:
+            self.activity_log.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: each record is one write(), so lines from several PACS (threads or
+            # processes) sharing a file never interleave.
+            self._log_fd = os.open(self.activity_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         # Files added with add_files/add_datasets before start() are indexed already.
         with self._lock:
             known = {entry.path.resolve() for entry in self._entries.values()}
@@ -195,6 +230,7 @@ class SandboxPacs:
                 contexts=self._server_contexts(),
             )
         except OSError as exc:
+            self._close_log()
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(self._host, self._port, self.ae_title) from exc
             raise
@@ -214,8 +250,16 @@ class SandboxPacs:
         """Abort open associations and stop listening. Safe to call twice."""
         if self._server is None:
             return
+        self._stopping.set()
         self._ae.shutdown()
         self._server = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        with self._lock:
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
 
     def __enter__(self) -> SandboxPacs:
         return self.start()
@@ -267,6 +311,54 @@ class SandboxPacs:
             stored.append(target)
         self._index(stored)
         return stored
+
+    # -- activity ----------------------------------------------------------------------
+
+    @property
+    def activity(self) -> list[Operation]:
+        """Every C-FIND, C-MOVE and C-GET served so far, in the order they ended."""
+        with self._lock:
+            return list(self._activity)
+
+    @contextmanager
+    def _record(self, kind: OperationKind) -> Iterator[dict[str, int]]:
+        """Record one request from now until the block exits, however it exits.
+
+        The handlers are generators that pynetdicom drives: the block exits when the
+        last response has been produced, or when pynetdicom drops the generator (an
+        aborted association), so an operation never stays "in flight" for ever.
+        The caller sets ``counts["instances"]``.
+        """
+        with self._lock:
+            seq = next(self._sequence)
+        counts = {"instances": 0}
+        started, started_wall = time.monotonic(), time.time()
+        try:
+            yield counts
+        finally:
+            op = Operation(
+                pacs=self.ae_title,
+                seq=seq,
+                kind=kind,
+                started=started,
+                ended=time.monotonic(),
+                started_wall=started_wall,
+                ended_wall=time.time(),
+                instances=counts["instances"],
+            )
+            with self._lock:
+                self._activity.append(op)
+                if self._log_fd is not None:
+                    os.write(self._log_fd, (op.to_json() + "\n").encode())
+
+    def _wait_retrieve_delay(self) -> None:
+        """Be a busy archive: wait before sending, unless the server is stopping.
+
+        Handlers run on their association's own thread (pynetdicom starts one per
+        association), so this holds up only the request being served.
+        """
+        if self.retrieve_delay > 0:
+            self._stopping.wait(self.retrieve_delay)
 
     @property
     def instance_count(self) -> int:
@@ -385,6 +477,13 @@ class SandboxPacs:
         event.assoc.kill()
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        with self._record(OperationKind.FIND) as counts:
+            for status, identifier in self._find(event):
+                if status == STATUS_PENDING:
+                    counts["instances"] += 1
+                yield status, identifier
+
+    def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         query = event.identifier
         level = str(query.get("QueryRetrieveLevel", "")).strip().upper()
         study_root = event.request.AffectedSOPClassUID == StudyRootQueryRetrieveInformationModelFind
@@ -400,6 +499,10 @@ class SandboxPacs:
         yield STATUS_SUCCESS, None
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        with self._record(OperationKind.MOVE) as counts:
+            yield from self._move(event, counts)
+
+    def _move(self, event: evt.Event, counts: dict[str, int]) -> Iterator[Any]:
         # pynetdicom's protocol: destination first, then the number of sub-operations,
         # then (status, dataset) pairs.
         destination = self._destinations.get(str(event.move_destination).strip())
@@ -412,6 +515,9 @@ class SandboxPacs:
             yield None, None  # pynetdicom answers 0xA801 (PS3.4 C.4.2.1.5)
             return
         entries = self._retrieve_entries(event.identifier) or []
+        counts["instances"] = len(entries)
+        # Before the association to the destination, which would otherwise sit idle.
+        self._wait_retrieve_delay()
         host, port = destination
         yield (
             host,
@@ -422,9 +528,12 @@ class SandboxPacs:
         yield from self._send(event, entries)
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
-        entries = self._retrieve_entries(event.identifier) or []
-        yield len(entries)
-        yield from self._send(event, entries)
+        with self._record(OperationKind.GET) as counts:
+            entries = self._retrieve_entries(event.identifier) or []
+            counts["instances"] = len(entries)
+            self._wait_retrieve_delay()
+            yield len(entries)
+            yield from self._send(event, entries)
 
     def _send(self, event: evt.Event, entries: list[_Entry]) -> Iterator[Any]:
         for entry in entries:

@@ -59,14 +59,23 @@ def build_sandbox(
     n_studies: int = 12,
     instances: int = 3,
     seed: int = 0,
+    retrieve_delay: float = 0.0,
+    activity_log: Path | None = None,
 ) -> SandboxSite:
-    """Seed and start the two PACS, write ``pacsflow.yaml``, the project and the manifest."""
+    """Seed and start the two PACS, write ``pacsflow.yaml``, the project and the manifest.
+
+    ``retrieve_delay`` and ``activity_log`` go to both PACS (see :class:`SandboxPacs`);
+    their records share the log and are told apart by AE title.
+    """
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     receiver = ("PACSFLOW", "127.0.0.1", receiver_port)
     destinations = {receiver[0]: (receiver[1], receiver[2])}
-    primary = SandboxPacs("PRIMARY", primary_port, folder / "pacs-primary", destinations)
-    secondary = SandboxPacs("SECONDARY", secondary_port, folder / "pacs-secondary", destinations)
+    busy = {"retrieve_delay": retrieve_delay, "activity_log": activity_log}
+    primary = SandboxPacs("PRIMARY", primary_port, folder / "pacs-primary", destinations, **busy)
+    secondary = SandboxPacs(
+        "SECONDARY", secondary_port, folder / "pacs-secondary", destinations, **busy
+    )
 
     rng = random.Random(seed)
     places = _placement(n_studies)

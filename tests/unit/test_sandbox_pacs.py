@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +34,15 @@ from pacsflow.sandbox import (
     make_patients,
     make_study,
     write_study,
+)
+from pacsflow.sandbox.activity import (
+    Operation,
+    OperationKind,
+    busy_window,
+    fraction_at_least,
+    max_in_flight,
+    max_retrievals_in_flight,
+    read_activity,
 )
 
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -305,3 +317,181 @@ def test_add_files_copies_into_storage(tmp_path: Path, studies: list[list[Datase
     stored = server.add_files(paths)
     assert server.instance_count == len(paths)
     assert all(p.parent == tmp_path / "storage" and p.exists() for p in stored)
+
+
+# -- busy archive: retrieve delay and the record of operations ---------------------------
+
+
+def _op(seq: int, kind: str, started: float, ended: float) -> Operation:
+    return Operation("PACS", seq, OperationKind(kind), started, ended, started, ended)
+
+
+def test_max_in_flight_counts_overlaps_not_handovers() -> None:
+    ops = [
+        _op(1, "move", 0.0, 1.0),
+        _op(2, "move", 1.0, 2.0),  # starts as the first ends: a handover, not two at once
+        _op(3, "get", 0.5, 1.5),
+        _op(4, "find", 0.6, 0.7),
+    ]
+    assert max_retrievals_in_flight(ops) == 2
+    assert max_in_flight(ops) == 3
+    assert max_in_flight(ops, {OperationKind.FIND}) == 1
+    assert max_in_flight([]) == 0
+
+
+def test_fraction_at_least_k_over_a_window() -> None:
+    # Two retrievals overlap from 1 to 3; a find in that span does not count by default.
+    ops = [_op(1, "move", 0.0, 3.0), _op(2, "get", 1.0, 5.0), _op(3, "find", 3.0, 4.0)]
+    assert fraction_at_least(ops, 2, (0.0, 4.0)) == pytest.approx(0.5)
+    assert fraction_at_least(ops, 1, (0.0, 4.0)) == pytest.approx(1.0)
+    assert fraction_at_least(ops, 2, (2.0, 3.0)) == pytest.approx(1.0)  # clipped to window
+    assert fraction_at_least(ops, 2, (0.0, 4.0), kinds=None) == pytest.approx(0.75)
+    assert fraction_at_least(ops, 3, (0.0, 4.0)) == 0.0
+    assert fraction_at_least(ops, 1, (4.0, 4.0)) == 0.0
+
+
+def test_busy_window_ends_when_the_last_retrieval_starts() -> None:
+    ops = [_op(1, "find", 0.2, 0.3), _op(2, "move", 0.3, 1.3), _op(3, "move", 0.9, 1.9)]
+    assert busy_window(ops) == (0.2, 0.9)
+    assert busy_window([_op(1, "find", 0.2, 0.3)]) == (0.0, 0.0)
+
+
+def test_activity_log_reads_from_an_offset_and_skips_a_torn_line(tmp_path: Path) -> None:
+    log = tmp_path / "activity.jsonl"
+    first, second = _op(1, "find", 0.0, 0.1), _op(2, "get", 0.1, 1.1)
+    log.write_text(first.to_json() + "\n")
+    offset = log.stat().st_size
+    with open(log, "a") as out:
+        out.write(second.to_json() + "\n" + second.to_json()[:10])
+    assert read_activity(log) == [first, second]
+    assert read_activity(log, offset) == [second]
+
+
+def test_negative_retrieve_delay_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match='"retrieve_delay" must not be negative'):
+        SandboxPacs("SLOW", 0, tmp_path, retrieve_delay=-1)
+
+
+def _get(pacs: SandboxPacs, study_uid: str, ready: threading.Barrier | None = None) -> list[int]:
+    """C-GET one study; with ``ready``, wait for the other callers after associating."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    storage = (CTImageStorage, MRImageStorage)
+    assoc = associate(
+        pacs,
+        GET,
+        *storage,
+        ext_neg=[build_role(uid, scp_role=True) for uid in storage],
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000), *NODELAY_HANDLERS],
+    )
+    assert assoc.is_established
+    try:
+        if ready is not None:
+            ready.wait(timeout=10)
+        return [status.Status for status, _ in assoc.send_c_get(query, GET)]
+    finally:
+        assoc.release()
+
+
+def test_every_operation_is_recorded_in_memory_and_in_the_log(
+    tmp_path: Path, studies: list[list[Dataset]], receiver: tuple[Receiver, int]
+) -> None:
+    log = tmp_path / "activity.jsonl"
+    ct, mr = studies
+    server = SandboxPacs(
+        "RECORDED",
+        0,
+        tmp_path / "storage",
+        destinations={"DEST": ("127.0.0.1", receiver[1])},
+        retrieve_delay=0.2,
+        activity_log=log,
+    )
+    server.add_datasets(ct + mr)
+    with server:
+        _, status = find(server, StudyInstanceUID=ct[0].StudyInstanceUID)
+        assert status == 0x0000
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ct[0].StudyInstanceUID
+        assoc = associate(server, MOVE)
+        assert [s.Status for s, _ in assoc.send_c_move(query, "DEST", MOVE)][-1] == 0x0000
+        assoc.release()
+        assert _get(server, mr[0].StudyInstanceUID)[-1] == 0x0000
+    ops = server.activity
+    assert [(op.seq, op.kind, op.instances) for op in ops] == [
+        (1, OperationKind.FIND, 1),
+        (2, OperationKind.MOVE, len(ct)),
+        (3, OperationKind.GET, len(mr)),
+    ]
+    assert all(op.pacs == "RECORDED" and op.started <= op.ended for op in ops)
+    assert all(op.ended - op.started >= 0.2 for op in ops[1:]), "retrievals wait the delay"
+    assert ops[0].ended - ops[0].started < 0.2, "the delay is for retrievals only"
+    assert read_activity(log) == ops
+
+
+def test_a_delayed_retrieval_does_not_hold_up_other_associations(
+    tmp_path: Path, studies: list[list[Dataset]]
+) -> None:
+    callers = 4
+    server = SandboxPacs("BUSY", 0, tmp_path, retrieve_delay=1.0)
+    server.add_datasets(studies[1])
+    ready = threading.Barrier(callers)
+    results: list[list[int]] = []
+    with server:
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(_get(server, studies[1][0].StudyInstanceUID, ready))
+            )
+            for _ in range(callers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert [statuses[-1] for statuses in results] == [0x0000] * callers
+    # Serialised retrievals would never overlap; a busy archive serves them side by side.
+    assert max_retrievals_in_flight(server.activity) == callers
+
+
+def test_sandbox_command_serves_a_busy_archive_and_logs_it(tmp_path: Path) -> None:
+    """``pacsflow sandbox --retrieve-delay --activity-log`` until SIGTERM, as benchmarks run it."""
+    log = tmp_path / "activity.jsonl"
+    primary = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "deployments.cli",
+        "sandbox",
+        "--folder",
+        str(tmp_path / "site"),
+        "--primary-port",
+        str(primary),
+        "--secondary-port",
+        str(free_port()),
+        "--receiver-port",
+        str(free_port()),
+        "--studies",
+        "4",
+        "--retrieve-delay",
+        "0.3",
+        "--activity-log",
+        str(log),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert "Sandbox PACS running" in process.stdout.readline()
+        remote = SandboxPacs("PRIMARY", primary, tmp_path)  # only for its address and AE
+        matches, status = find(remote)
+        assert status == 0x0000 and matches
+        assert _get(remote, matches[0].StudyInstanceUID)[-1] == 0x0000
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    ops = read_activity(log)
+    assert [(op.pacs, op.kind) for op in ops] == [
+        ("PRIMARY", OperationKind.FIND),
+        ("PRIMARY", OperationKind.GET),
+    ]
+    assert ops[1].ended - ops[1].started >= 0.3
