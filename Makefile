@@ -29,6 +29,7 @@ test: $(BIN)/.installed system-deps
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python -m bench.deidentify
 	$(BIN)/python -m bench.source_limits
+	$(BIN)/python -m bench.manifest_scale
 
 clean:
 	rm -rf $(VENV) .pacsflow
