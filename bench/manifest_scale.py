@@ -39,19 +39,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from pacsflow.manifest import KNOWN_COLUMNS
+
 PROJECT = "manifest-scale"
 READ_OPTIONS = {"dtype": object, "keep_default_na": False, "skipinitialspace": True}
 GOAL_SECONDS, GOAL_RSS_MB, GOAL_RERUN_SECONDS = 10.0, 500.0, 15.0
-COLUMNS = (
-    "procedure_id",
-    "mrn",
-    "accession_number",
-    "project_name",
-    "extract_generated_timestamp",
-    "study_date",
-    "study_uid",
-    "participant_id",
-)
+#: PIXL's export shape: every known column but the optional series_uid.
+COLUMNS = tuple(c for c in KNOWN_COLUMNS if c != "series_uid")
 
 
 # -- the manifest ----------------------------------------------------------------------
