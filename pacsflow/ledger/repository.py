@@ -4,84 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pacsflow.errors import PermanentError
+from pacsflow.ledger.ingest import IngestResult, ingest_manifest  # noqa: F401 (callers use repo.)
 from pacsflow.ledger.models import FINAL, WORK_TO_DO, Project, Study, StudyStatus
-from pacsflow.manifest import ManifestRow
-
-_CHUNK = 500  # keeps IN (...) lists within every database's parameter limit
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    """Counts only: safe to log and to hand to Prefect."""
-
-    added: int
-    already_known: int
-
-
-def _existing_keys(session: Session, project: str, rows: list[ManifestRow]) -> set[tuple]:
-    keys: set[tuple] = set()
-    uids = [r.study_uid for r in rows if r.study_uid]
-    pairs = [(r.mrn, r.accession_number) for r in rows if r.mrn and r.accession_number]
-    for start in range(0, len(uids), _CHUNK):
-        chunk = uids[start : start + _CHUNK]
-        query = select(Study.study_uid).where(Study.project == project, Study.study_uid.in_(chunk))
-        keys.update(("uid", uid) for uid in session.scalars(query))
-    for start in range(0, len(pairs), _CHUNK):
-        chunk = pairs[start : start + _CHUNK]
-        query = select(Study.mrn, Study.accession_number).where(
-            Study.project == project, tuple_(Study.mrn, Study.accession_number).in_(chunk)
-        )
-        keys.update(("acc", mrn, acc) for mrn, acc in session.execute(query))
-    return keys
-
-
-def _is_known(row: ManifestRow, known: set[tuple]) -> bool:
-    by_uid = row.study_uid is not None and ("uid", row.study_uid) in known
-    by_acc = ("acc", row.mrn, row.accession_number) in known
-    return by_uid or by_acc
-
-
-def ingest_manifest(session: Session, project: str, rows: Iterable[ManifestRow]) -> IngestResult:
-    """Add the rows the ledger does not know yet; leave known studies exactly as they are.
-
-    A study is known by its study UID or by its MRN plus accession number, whichever
-    the earlier manifest gave. All rows are added in one transaction.
-    """
-    rows = list(rows)
-    known = _existing_keys(session, project, rows)
-    added = 0
-    for row in rows:
-        if _is_known(row, known):
-            continue
-        session.add(
-            Study(
-                project=project,
-                mrn=row.mrn,
-                accession_number=row.accession_number,
-                study_date=row.study_date,
-                study_uid=row.study_uid,
-                participant_id=row.participant_id,
-                procedure_id=row.procedure_id,
-                status=StudyStatus.PENDING,
-                attempts=0,
-            )
-        )
-        # A later row may name the same study by its other key (UID vs MRN+accession):
-        # without this it would break a unique constraint and fail the whole ingest.
-        if row.study_uid:
-            known.add(("uid", row.study_uid))
-        if row.mrn and row.accession_number:
-            known.add(("acc", row.mrn, row.accession_number))
-        added += 1
-    session.commit()
-    return IngestResult(added=added, already_known=len(rows) - added)
 
 
 def studies_to_process(session: Session, project: str) -> list[tuple[int, str]]:

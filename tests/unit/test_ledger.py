@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Engine, MetaData, String, inspect, select
 from sqlalchemy.orm import Session
 
-from pacsflow.ledger import Study, StudyStatus, make_engine, migrate, session_factory
+from pacsflow.ledger import Study, StudyStatus, ingest, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Base
 from pacsflow.manifest import ManifestRow
@@ -172,11 +173,48 @@ def test_same_study_in_two_projects_is_two_rows(session: Session) -> None:
 
 
 def test_ingest_many_rows_in_chunks(session: Session) -> None:
-    # More rows than one IN (...) chunk, by accession and by UID.
+    # By accession and by UID.
     rows = [row(n) for n in range(1, 601)] + [row(n, uid=f"1.2.{n}") for n in range(601, 1201)]
     assert repo.ingest_manifest(session, PROJECT, rows).added == 1200
     result = repo.ingest_manifest(session, PROJECT, rows)
     assert (result.added, result.already_known) == (0, 1200)
+
+
+def test_ingest_thousands_of_rows_in_several_inserts(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "CHUNK", 1000)  # several full INSERTs and a partial last one
+    rows = [row(n) for n in range(1, 2001)] + [row(n, uid=f"1.2.{n}") for n in range(2001, 3501)]
+
+    result = repo.ingest_manifest(session, PROJECT, rows)
+
+    assert (result.added, result.already_known) == (3500, 0)
+    studies = all_studies(session)
+    assert [(s.mrn, s.accession_number, s.study_uid, s.study_date) for s in studies] == [
+        (r.mrn, r.accession_number, r.study_uid, r.study_date) for r in rows
+    ]
+    assert {(s.status, s.attempts) for s in studies} == {(StudyStatus.PENDING, 0)}
+    refs = [s.ref for s in studies]
+    assert len(set(refs)) == len(rows)  # a fresh random handle per study
+    assert all(uuid.UUID(hex=ref).version == 4 and len(ref) == 32 for ref in refs)
+
+    before = [(s.id, s.ref) for s in studies]
+    again = repo.ingest_manifest(session, PROJECT, rows)
+    assert (again.added, again.already_known) == (0, 3500)
+    assert [(s.id, s.ref) for s in all_studies(session)] == before
+
+
+def test_a_study_named_by_its_other_key_in_a_later_insert_is_known(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "CHUNK", 2)
+    by_uid = ManifestRow(
+        row=1, study_date=DATE, mrn="MRN0001", accession_number="ACC0001", study_uid="1.2.9"
+    )
+    rows = [by_uid, row(2), row(3), row(4, mrn="MRN0001", acc="ACC0001")]
+    result = repo.ingest_manifest(session, PROJECT, rows)
+    assert (result.added, result.already_known) == (3, 1)
+    assert [s.accession_number for s in all_studies(session)] == ["ACC0001", "ACC0002", "ACC0003"]
 
 
 # -- what a run sees -------------------------------------------------------------------

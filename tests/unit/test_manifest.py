@@ -316,3 +316,25 @@ def test_two_study_uids_under_one_accession_are_refused_not_dropped(tmp_path):
     )
     with pytest.raises(ManifestError, match=r"row 2, column study_uid: row 1 has the same mrn"):
         read_manifest(path, "p1")
+
+
+def test_problems_of_one_row_are_listed_in_the_order_of_the_checks(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        PIXL_HEADER
+        + "\n"
+        + "101,MRN\x01001,ACC001,Other Study,2024-05-01,,1.02,P1\x07\n"
+        + f"102,MRN002,ACC002,My Study,2024-05-01,2024-03-01,{UID_A},P2\n"
+        + f"103,MRN003,ACC003,My Study,2024-05-01,2024-03-02,{UID_A},P3\n",
+    )
+    assert problems_of(path) == [
+        "row 1, column mrn: contains a control character",
+        "row 1, column participant_id: contains a control character",
+        "row 1, column project_name: belongs to project 'Other Study', not 'my-study'; "
+        "split the manifest per project",
+        "row 1, column study_uid: not a valid DICOM UID (digits and dots, no leading zeros, "
+        "at most 64 characters)",
+        "row 1, column study_date: empty",
+        "row 3: the same study as row 2 with different values "
+        "(study_date, participant_id or identifiers); keep one of the two rows",
+    ]
