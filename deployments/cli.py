@@ -105,15 +105,21 @@ def configure(
     )
 
 
-def _counts(site: SiteConfig, project: str) -> tuple[dict[str, int], dict[str, int]]:
+def _ledger(site: SiteConfig):
+    """Sessions on the site's ledger, migrated once here (not on every progress poll, where
+    it would race the flow's own migration of a new ledger)."""
     engine = make_engine(site.ledger)
     migrate(engine)
-    with session_factory(engine)() as session:
+    return session_factory(engine)
+
+
+def _counts(sessions, project: str) -> tuple[dict[str, int], dict[str, int]]:
+    with sessions() as session:
         return repo.status_counts(session, project), repo.source_counts(session, project)
 
 
 def _summary(site: SiteConfig, project: ProjectConfig) -> dict[str, int]:
-    counts, by_source = _counts(site, project.name)
+    counts, by_source = _counts(_ledger(site), project.name)
     table = Table(title=f"Project {project.name}")
     table.add_column("status")
     table.add_column("studies", justify="right")
@@ -140,6 +146,7 @@ def run_extract(
     from pacsflow.dicom.receiver import stop_process_receiver
 
     save_site(site)
+    sessions = _ledger(site)
     outcome: dict[str, object] = {}
     options = {"export_lanes": export_lanes} if export_lanes else {}
 
@@ -166,7 +173,7 @@ def run_extract(
         bar = progress.add_task(f"extracting {project.name}", total=None, detail="")
         while worker.is_alive():
             worker.join(1.0)
-            counts, _ = _counts(site, project.name)
+            counts, _ = _counts(sessions, project.name)
             detail = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
             progress.update(
                 bar,
@@ -240,9 +247,9 @@ def status(
         site = load_site_config(config)
     except ConfigError as exc:
         raise _fail_input(str(exc)) from None
-    counts, by_source = _counts(site, project)
-    engine = make_engine(site.ledger)
-    with session_factory(engine)() as session:
+    sessions = _ledger(site)
+    counts, by_source = _counts(sessions, project)
+    with sessions() as session:
         reasons = {
             status.value: repo.failures(session, project, (status,))
             for status in (StudyStatus.FAILED, StudyStatus.QUARANTINED, StudyStatus.EXCLUDED)

@@ -34,6 +34,7 @@ from flows.limits import image_limit_name, image_slots
 from flows.runtime import profile, pseudonymizer, workspace
 from pacsflow import failures, pipeline
 from pacsflow.config import ProjectConfig
+from pacsflow.dicom.association import SourceAssociation
 from pacsflow.ledger import claims
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
@@ -89,7 +90,9 @@ def close_handoff(handoff: Handoff) -> None:
     _handoffs.pop(handoff.key, None)
 
 
-def _fetch(ws: pipeline.Workspace, study: Study, source_name: str) -> int:
+def _fetch(
+    ws: pipeline.Workspace, study: Study, source_name: str, association: SourceAssociation
+) -> int:
     """Fetch, first occupying the source's image limit with the study's instance count."""
     max_images = ws.site.sources[source_name].max_images
     guard = nullcontext()
@@ -97,7 +100,7 @@ def _fetch(ws: pipeline.Workspace, study: Study, source_name: str) -> int:
         slots = image_slots(pipeline.expected_instances(ws, study.id), max_images)
         guard = concurrency(image_limit_name(source_name), occupy=slots, strict=True)
     with guard:
-        return pipeline.fetch(ws, study.id, source_name)
+        return pipeline.fetch(ws, study.id, source_name, association)
 
 
 @task(task_run_name="{source_name}-lane-{lane}", cache_policy=NO_CACHE)
@@ -116,13 +119,29 @@ def retrieval_lane(
     holds one of the source's slots. Returns counts: staged, passed on, not found,
     deferred (a transient error: tried again after the source's retry delay), failed.
     """
-    logger = get_run_logger()
     ws = workspace(site)
     ws.leases  # noqa: B018 - start renewing this process's claims
-    source_index = project.sources.index(source_name)
-    delays = ws.site.sources[source_name].retry_delays
     counts: Counter[str] = Counter()
     deadline = time.monotonic() + lane_seconds
+    with SourceAssociation(ws.site.sources[source_name], ws.calling_ae) as association:
+        _retrieve(ws, project, source_name, pull, handoff, deadline, association, counts)
+    return dict(counts)
+
+
+def _retrieve(
+    ws: pipeline.Workspace,
+    project: ProjectConfig,
+    source_name: str,
+    pull: str,
+    handoff: str,
+    deadline: float,
+    association: SourceAssociation,
+    counts: Counter[str],
+) -> None:
+    """The lane's loop: claim, find, fetch, hand on; one study at a time until done."""
+    logger = get_run_logger()
+    source_index = project.sources.index(source_name)
+    delays = ws.site.sources[source_name].retry_delays
     while time.monotonic() < deadline:
         with ws.sessions() as session:
             study = claims.claim_next(session, project.name, source_index, ws.owner, pull)
@@ -137,13 +156,13 @@ def retrieval_lane(
             continue
         step = "find"
         try:
-            if not pipeline.locate(ws, study.id, source_name):
+            if not pipeline.locate(ws, study.id, source_name, association):
                 with ws.sessions() as session:
                     status = claims.pass_on(session, study.id, ws.owner, len(project.sources))
                 counts["not_found" if status == "not_found" else "passed_on"] += 1
                 continue
             step = "fetch"
-            _fetch(ws, study, source_name)
+            _fetch(ws, study, source_name, association)
             _handoffs[handoff].put(study.id)
             counts["staged"] += 1
         except Exception as exc:
@@ -160,7 +179,6 @@ def retrieval_lane(
                 failure.public,
                 " (will be tried again)" if deferred else "",
             )
-    return dict(counts)
 
 
 @task(task_run_name="export-lane-{lane}", cache_policy=NO_CACHE)

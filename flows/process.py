@@ -77,13 +77,17 @@ def process_studies(
     try:
         while True:
             for name, futures in running.items():
-                done += [f for f in futures if f.state.is_final()]
-                running[name] = [f for f in futures if not f.state.is_final()]
+                # Whether the lane's thread has returned: local, no API call (a future's
+                # .state asks the server each time).
+                done += [f for f in futures if f.wrapped_future.done()]
+                running[name] = [f for f in futures if not f.wrapped_future.done()]
             with ws.sessions() as session:
                 waiting = claims.claimable_counts(session, project.name, pull)
             for index, name in enumerate(project.sources):
                 room = ws.site.sources[name].max_concurrent - len(running[name])
-                for _ in range(min(room, waiting.get(index, 0))):
+                # One new lane per source per tick: slot requests made all at once collide
+                # on a SQLite-backed server, which answers 503 and makes clients back off 2 s.
+                for _ in range(min(room, waiting.get(index, 0), 1)):
                     started[name] += 1
                     lane = retrieval_lane.with_options(tags=[source_tag(name)]).submit(
                         site, project, name, started[name], pull, handoff.key, lane_seconds

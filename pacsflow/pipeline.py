@@ -21,6 +21,7 @@ from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.deid.study import deidentify_study
 from pacsflow.dicom import routes, storage
+from pacsflow.dicom.association import SourceAssociation
 from pacsflow.dicom.query import StudyQuery, find_study
 from pacsflow.dicom.receiver import process_receiver
 from pacsflow.dicom.retrieve import get_study, move_study
@@ -74,13 +75,18 @@ def begin(ws: Workspace, study_id: int) -> bool:
     return True
 
 
-def locate(ws: Workspace, study_id: int, source_name: str) -> bool:
-    """C-FIND the study at one source; record what was found. True when it is there."""
+def locate(
+    ws: Workspace, study_id: int, source_name: str, association: SourceAssociation | None = None
+) -> bool:
+    """C-FIND the study at one source; record what was found. True when it is there.
+
+    ``association``: a lane's open association to the source, reused; else a new one.
+    """
     source = ws.site.sources[source_name]
     with ws.sessions() as session:
         study = repo.get_study(session, study_id)
         query = StudyQuery(study.study_uid, study.mrn, study.accession_number)
-    match = find_study(source, ws.calling_ae, query)
+    match = find_study(source, ws.calling_ae, query, association)
     if match is None:
         return False
     with ws.sessions() as session:
@@ -100,7 +106,9 @@ def expected_instances(ws: Workspace, study_id: int) -> int | None:
         return repo.get_study(session, study_id).expected_instances
 
 
-def fetch(ws: Workspace, study_id: int, source_name: str) -> int:
+def fetch(
+    ws: Workspace, study_id: int, source_name: str, association: SourceAssociation | None = None
+) -> int:
     """Retrieve a located study into raw staging; returns the number of instances held.
 
     Fewer instances than the source announced is a retriable error: a later attempt
@@ -115,11 +123,13 @@ def fetch(ws: Workspace, study_id: int, source_name: str) -> int:
     folder = ws.raw_dir(study)
     storage.clear(folder)
     if source.retrieve == RetrieveMethod.GET:
-        outcome = get_study(source, ws.calling_ae, study_uid, folder)
+        outcome = get_study(source, ws.calling_ae, study_uid, folder, association)
     else:
         receiver = process_receiver(ws.site.receiver, ws.staging)
         with routes.expect_study(ws.staging, study_uid, folder):
-            outcome = move_study(source, ws.calling_ae, receiver.config.ae_title, study_uid)
+            outcome = move_study(
+                source, ws.calling_ae, receiver.config.ae_title, study_uid, association
+            )
     received = storage.count_instances(folder)
     with ws.sessions() as session:
         repo.update_study(session, study_id, received_instances=received)

@@ -16,7 +16,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from pynetdicom.status import code_to_category
 
 from pacsflow.config import SourceConfig
-from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
+from pacsflow.dicom.association import SourceAssociation
 from pacsflow.errors import PermanentError, SourceUnavailable
 
 LOGGER = logging.getLogger(__name__)
@@ -76,21 +76,21 @@ def _match_from(identifier: Dataset) -> StudyMatch | None:
     )
 
 
-def find_studies(source: SourceConfig, calling_ae: str, query: StudyQuery) -> list[StudyMatch]:
+def find_studies(
+    source: SourceConfig,
+    calling_ae: str,
+    query: StudyQuery,
+    association: SourceAssociation | None = None,
+) -> list[StudyMatch]:
     """All studies ``source`` holds for ``query``; [] means the source has none.
 
+    Uses ``association`` when given (a lane's, kept open), else one of its own.
     Raises SourceUnavailable when the answer cannot be trusted as "not found".
     """
-    ae = make_ae(calling_ae, timeout=source.timeout)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(
-        source.host, source.port, ae_title=source.ae_title, evt_handlers=NODELAY_HANDLERS
-    )
-    if not assoc.is_established:
-        raise SourceUnavailable(
-            f"source {source.ae_title}@{source.host}:{source.port} refused or did not answer "
-            f"the association from {calling_ae!r}; check that it is running and lists this AE"
-        )
+    if association is None:
+        with SourceAssociation(source, calling_ae) as own:
+            return find_studies(source, calling_ae, query, own)
+    assoc = association.get()
     matches: list[StudyMatch] = []
     try:
         responses = assoc.send_c_find(
@@ -112,15 +112,20 @@ def find_studies(source: SourceConfig, calling_ae: str, query: StudyQuery) -> li
                     f"source {source.ae_title} answered the C-FIND with status "
                     f"0x{status.Status:04X} ({category})"
                 )
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    except BaseException:
+        association.discard()
+        raise
     return matches
 
 
-def find_study(source: SourceConfig, calling_ae: str, query: StudyQuery) -> StudyMatch | None:
+def find_study(
+    source: SourceConfig,
+    calling_ae: str,
+    query: StudyQuery,
+    association: SourceAssociation | None = None,
+) -> StudyMatch | None:
     """The one study ``query`` names, or None; several matches is an error with the fix."""
-    matches = {m.study_uid: m for m in find_studies(source, calling_ae, query)}
+    matches = {m.study_uid: m for m in find_studies(source, calling_ae, query, association)}
     if len(matches) > 1:
         raise PermanentError(
             f"{len(matches)} studies at source {source.ae_title} match this accession number; "

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from pydicom import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 from pynetdicom.status import code_to_category
 
-from pacsflow.config import SourceConfig
-from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
-from pacsflow.dicom.storage import handle_store
+from pacsflow.config import RetrieveMethod, SourceConfig
+from pacsflow.dicom.association import SourceAssociation
 from pacsflow.errors import PermanentError, RetriableError, SourceUnavailable
 
 LOGGER = logging.getLogger(__name__)
@@ -74,61 +71,53 @@ def _consume(responses, source: SourceConfig, operation: str) -> RetrieveOutcome
     return outcome
 
 
-def _associate(ae, source: SourceConfig, handlers: list, ext_neg: list | None = None):
-    assoc = ae.associate(
-        source.host, source.port, ae_title=source.ae_title, ext_neg=ext_neg, evt_handlers=handlers
-    )
-    if not assoc.is_established:
-        raise SourceUnavailable(
-            f"source {source.ae_title}@{source.host}:{source.port} refused or did not answer "
-            "the association; check that it is running and lists our AE title"
-        )
-    return assoc
-
-
 def move_study(
-    source: SourceConfig, calling_ae: str, destination_ae: str, study_uid: str
+    source: SourceConfig,
+    calling_ae: str,
+    destination_ae: str,
+    study_uid: str,
+    association: SourceAssociation | None = None,
 ) -> RetrieveOutcome:
-    """Ask ``source`` to send the study to ``destination_ae`` (our running receiver)."""
-    ae = make_ae(calling_ae, timeout=source.timeout)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = _associate(ae, source, NODELAY_HANDLERS)
+    """Ask ``source`` to send the study to ``destination_ae`` (our running receiver).
+
+    Uses ``association`` when given (a lane's, kept open), else one of its own.
+    """
+    if association is None:
+        with SourceAssociation(source, calling_ae, RetrieveMethod.MOVE) as own:
+            return move_study(source, calling_ae, destination_ae, study_uid, own)
     try:
-        responses = assoc.send_c_move(
+        responses = association.get().send_c_move(
             _identifier(study_uid), destination_ae, StudyRootQueryRetrieveInformationModelMove
         )
         return _consume(responses, source, "C-MOVE")
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    except BaseException:
+        association.discard()
+        raise
 
 
 def get_study(
-    source: SourceConfig, calling_ae: str, study_uid: str, folder: Path
+    source: SourceConfig,
+    calling_ae: str,
+    study_uid: str,
+    folder: Path,
+    association: SourceAssociation | None = None,
 ) -> RetrieveOutcome:
     """Pull the study over our own association into ``folder`` (no receiver needed).
 
-    C-GET needs each storage SOP class requested with the SCP role, within the limit
-    of 128 presentation contexts (PS3.8 9.3.2.2): the GET context plus pynetdicom's
-    120 common storage classes.
+    Uses ``association`` when given (a lane's, kept open), else one of its own; the
+    storage contexts C-GET needs are requested when it opens (see SourceAssociation).
     """
-    ae = make_ae(calling_ae, timeout=source.timeout)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    roles = []
-    for context in StoragePresentationContexts:
-        ae.add_requested_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        roles.append(build_role(context.abstract_syntax, scp_role=True))
-
-    def folder_for(uid: str) -> Path | None:
-        return folder if uid == study_uid else None
-
-    handlers = [*NODELAY_HANDLERS, (evt.EVT_C_STORE, partial(handle_store, folder_for=folder_for))]
-    assoc = _associate(ae, source, handlers, ext_neg=roles)
+    if association is None:
+        with SourceAssociation(source, calling_ae, RetrieveMethod.GET) as own:
+            return get_study(source, calling_ae, study_uid, folder, own)
+    association.receive_into(study_uid, folder)
     try:
-        responses = assoc.send_c_get(
+        responses = association.get().send_c_get(
             _identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
         )
         return _consume(responses, source, "C-GET")
+    except BaseException:
+        association.discard()
+        raise
     finally:
-        if assoc.is_established:
-            assoc.release()
+        association.receive_into(None, None)
