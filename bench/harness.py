@@ -424,7 +424,10 @@ def status_counts(site: Site) -> dict[str, int]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"pacsflow status failed ({done.returncode}): {done.stderr[-500:]}")
-    return {name: n for name, n in json.loads(done.stdout)["counts"].items() if n}
+    report = json.loads(done.stdout)
+    for study in report.get("failed", [])[:10]:  # reasons with identifiers masked
+        print(f"  failed study {study['id']}: {study['reason'][:300]}")
+    return {name: n for name, n in report["counts"].items() if n}
 
 
 @dataclass(frozen=True)
