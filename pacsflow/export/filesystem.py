@@ -48,15 +48,15 @@ class FilesystemDestination:
             return ExportReceipt(str(final), self._count(final), already_present=True)
         files = sorted(study_dir.glob("*.dcm"))
         partial_root = self.root / project / ".partial"
-        for leftover in partial_root.glob(f"{pseudo_study}.*"):
+        for leftover in _entries(partial_root, f"{pseudo_study}.*"):
             _remove(leftover)  # from an attempt that was killed
         partial = partial_root / f"{pseudo_study}.{uuid.uuid4().hex[:8]}"
         if self.zip:
-            partial_root.mkdir(parents=True, exist_ok=True)
+            _hold_place(partial_root, partial)
             write_study_zip(files, partial)
             _fsync(partial)
         else:
-            shutil.copytree(study_dir, partial)
+            _copy_study(study_dir, partial)
             _fsync_tree(partial)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -97,6 +97,44 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+# Export lanes run at once, and each removes ``.partial/`` when it leaves it empty; one may
+# do so between another's creating the folder and its own entry in it. Once an entry
+# exists the folder is not empty, so it stays: creating the entry is what is retried.
+_ATTEMPTS = 20
+
+
+def _entries(folder: Path, pattern: str) -> list[Path]:
+    try:
+        return list(folder.glob(pattern))
+    except FileNotFoundError:  # removed by another export a moment ago
+        return []
+
+
+def _hold_place(partial_root: Path, partial: Path) -> None:
+    """Create this attempt's (empty) file in ``.partial/``."""
+    for _ in range(_ATTEMPTS):
+        partial_root.mkdir(parents=True, exist_ok=True)
+        try:
+            partial.touch(exist_ok=False)
+            return
+        except FileNotFoundError:
+            continue
+    raise OSError(f"could not create {partial}: its folder keeps disappearing")
+
+
+def _copy_study(study_dir: Path, partial: Path) -> None:
+    """Copy the study to ``partial`` (its parent, ``.partial/``, is created as needed)."""
+    for _ in range(_ATTEMPTS):
+        try:
+            shutil.copytree(study_dir, partial)
+            return
+        except FileNotFoundError:
+            if not study_dir.is_dir():
+                raise
+            _remove(partial)  # .partial/ went between its creation and ours: again
+    raise OSError(f"could not create {partial}: its folder keeps disappearing")
 
 
 def _remove_if_empty(folder: Path) -> None:

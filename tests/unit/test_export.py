@@ -173,3 +173,32 @@ def test_another_worker_finishing_first_is_already_present(
     assert receipt.already_present is True
     assert receipt.instances == 5
     assert not (tmp_path / "export" / PROJECT / ".partial").exists()
+
+
+def test_exports_running_at_once_never_lose_their_partial_folder(tmp_path: Path) -> None:
+    """Several export lanes: one removing the empty .partial/ must not break another's copy."""
+    import threading
+
+    from pacsflow.config import FilesystemDestinationConfig
+    from pacsflow.export import make_destination
+
+    source = tmp_path / "staged"
+    source.mkdir()
+    (source / "00000.dcm").write_bytes(b"x" * 100)
+    destination = make_destination(FilesystemDestinationConfig(path=tmp_path / "export"))
+    errors: list[BaseException] = []
+
+    def export_many(worker: int) -> None:
+        for n in range(150):
+            try:
+                destination.export(source, PROJECT, PATIENT, f"2.25.{worker}{n:04d}")
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=export_many, args=(w,)) for w in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(list((tmp_path / "export" / PROJECT / PATIENT).iterdir())) == 600
