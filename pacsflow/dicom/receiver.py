@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class Receiver:
     returns.
     """
 
+    #: Seconds to wait for a port that another pacsflow process is letting go of.
+    handover_seconds = 10.0
+
     def __init__(self, config: ReceiverConfig, staging: Path) -> None:
         self.config = config
         self.staging = Path(staging)
@@ -78,20 +82,27 @@ class Receiver:
             (evt.EVT_C_STORE, partial(handle_store, folder_for=self._folder_for)),
         ]
         self.staging.mkdir(parents=True, exist_ok=True)
-        try:
-            self._server = ae.start_server(
-                (self.config.host, self.config.port), block=False, evt_handlers=handlers
-            )
-        except OSError as exc:
-            if _answers_echo(self.config):
-                LOGGER.info("using the receiver already listening on port %s", self.config.port)
-                self.shared = True
-                return self
-            raise ConfigError(
-                f"cannot start the receiver on {self.config.host}:{self.config.port}: {exc}. "
-                "Another program (or another pacsflow worker) uses that port; stop it or set "
-                "receiver.port in the site config."
-            ) from exc
+        # Another process may be handing the port over (its flow run is ending): for a
+        # few seconds, keep trying to bind it or to find a receiver answering on it.
+        deadline = time.monotonic() + self.handover_seconds
+        while True:
+            try:
+                self._server = ae.start_server(
+                    (self.config.host, self.config.port), block=False, evt_handlers=handlers
+                )
+                break
+            except OSError as exc:
+                if _answers_echo(self.config):
+                    LOGGER.info("using the receiver already listening on port %s", self.config.port)
+                    self.shared = True
+                    return self
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"cannot start the receiver on {self.config.host}:{self.config.port}: "
+                        f"{exc}. Another program uses that port; stop it or set "
+                        "receiver.port in the site config."
+                    ) from exc
+                time.sleep(0.2)
         LOGGER.info(
             "receiver %s listening on %s:%s",
             self.config.ae_title,

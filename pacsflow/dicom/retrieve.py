@@ -2,7 +2,7 @@
 
 Both return a :class:`RetrieveOutcome` with the sub-operation counts. A source that
 cannot be reached or stops answering raises SourceUnavailable; a source that refuses
-the move destination raises PermanentError with the fix.
+the move destination raises RetriableError with the fix (see :func:`_consume`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pynetdicom.status import code_to_category
 
 from pacsflow.config import RetrieveMethod, SourceConfig
 from pacsflow.dicom.association import SourceAssociation
-from pacsflow.errors import PermanentError, RetriableError, SourceUnavailable
+from pacsflow.errors import RetriableError, SourceUnavailable
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,9 +58,13 @@ def _consume(responses, source: SourceConfig, operation: str) -> RetrieveOutcome
         warning=int(last.get("NumberOfWarningSuboperations", 0) or 0),
     )
     if code == _MOVE_DESTINATION_UNKNOWN:
-        raise PermanentError(
+        # Retriable: pynetdicom and dcmqrscp also answer 0xA801 when they cannot connect
+        # to a destination they know, as while one receiver process hands the port to
+        # another. A real misconfiguration fails the study after the retry delays.
+        raise RetriableError(
             f"source {source.ae_title} does not know our receiver's AE title as a C-MOVE "
-            "destination; add it (AE title, host, port) to the source's list of modalities"
+            "destination, or could not reach it; add it (AE title, host, port) to the "
+            "source's list of modalities, and check that the receiver is running"
         )
     category = code_to_category(code)
     if category in ("Failure", "Cancel"):

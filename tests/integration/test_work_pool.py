@@ -204,7 +204,12 @@ def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(sc
     ]
     with get_client(sync_client=True) as client:
         runs = _wait_final(client, [r.id for r in started])
-        assert all(r.state.is_completed() for r in runs), [r.state.message for r in runs]
+    site = scenario["site"]
+    with session_factory(make_engine(site.ledger))() as session:
+        rows = session.query(Study).all()
+    reasons = [(r.project, r.id, r.last_error) for r in rows if r.status == "failed"]
+    assert all(r.state.is_completed() for r in runs), (reasons, [r.state.message for r in runs])
+    with get_client(sync_client=True) as client:
         ours = {f"process-{name}-{chunk}" for name in PROJECTS for chunk in (0, 1)}
         chunks = [r for r in client.read_flow_runs(limit=200) if r.name in ours]
     assert len(chunks) == 2 * len(PROJECTS) and all(r.state.is_completed() for r in chunks)
@@ -215,9 +220,6 @@ def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(sc
     assert secondary.most_in_flight == LIMITS["secondary"], secondary.operations
 
     # Every study exactly once: in the ledger and at the destination.
-    site = scenario["site"]
-    with session_factory(make_engine(site.ledger))() as session:
-        rows = session.query(Study).all()
     root = Path(site.destinations["out"].path)
     shared_uid = str(scenario["shared"][0].StudyInstanceUID)
     for name in PROJECTS:

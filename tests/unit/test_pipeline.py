@@ -30,7 +30,7 @@ from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
 from pacsflow.dicom.query import StudyQuery, find_study
 from pacsflow.dicom.receiver import stop_process_receiver
-from pacsflow.errors import PermanentError, SourceUnavailable
+from pacsflow.errors import PermanentError, RetriableError, SourceUnavailable
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import ManifestRow
@@ -246,7 +246,8 @@ def test_move_to_a_destination_the_source_does_not_know(ws: Workspace) -> None:
     stranger = Workspace(site=unknown, sessions=ws.sessions)
     study_id = add_study(stranger, IN_PRIMARY)
     assert locate(stranger, study_id, "primary")
-    with pytest.raises(PermanentError, match="does not know our receiver's AE title"):
+    # Retriable: the same status means "cannot reach it" too; the reason says what to fix.
+    with pytest.raises(RetriableError, match="does not know our receiver's AE title"):
         fetch(stranger, study_id, "primary")
 
 
