@@ -33,10 +33,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _claimable(project: str, source_index: int, pull: str, now: dt.datetime):
+def _claimable(project: str, pull: str, now: dt.datetime):
+    """Waiting for some source, free (no live lease), and not failed in this pull."""
     return and_(
         Study.project == project,
-        Study.source_index == source_index,
         Study.status.in_([s.value for s in WORK_TO_DO]),
         or_(Study.claim_expires.is_(None), Study.claim_expires < now),
         # Failed in this pull already: the next pull tries again, not this one.
@@ -57,7 +57,7 @@ def claim_next(
     The study becomes ``retrieving``, held by ``owner`` until the lease ends.
     """
     now = _now()
-    condition = _claimable(project, source_index, pull, now)
+    condition = and_(_claimable(project, pull, now), Study.source_index == source_index)
     candidate = select(Study.id).where(condition).order_by(Study.id).limit(1)
     if session.get_bind().dialect.name == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
@@ -191,15 +191,9 @@ def release_dead(
 
 def claimable_counts(session: Session, project: str, pull: str) -> dict[int, int]:
     """Studies claimable now, per source index (what lanes could start on)."""
-    now = _now()
     query = (
         select(Study.source_index, func.count())
-        .where(
-            Study.project == project,
-            Study.status.in_([s.value for s in WORK_TO_DO]),
-            or_(Study.claim_expires.is_(None), Study.claim_expires < now),
-            not_(and_(Study.status == StudyStatus.FAILED.value, Study.pull == pull)),
-        )
+        .where(_claimable(project, pull, _now()))
         .group_by(Study.source_index)
     )
     return {index: n for index, n in session.execute(query)}
