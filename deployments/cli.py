@@ -78,9 +78,9 @@ def _connect(verbose: bool = False):
         console.print(f"Started a local Prefect server: UI at [link]{server.ui_url}[/]")
         if not os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"):
             console.print(
-                "[dim]Its database is SQLite: fine for trying pacsflow, but per-source limits "
-                "cost ~1 s per task on it (bench/source_limits.py). For real projects set "
-                "PREFECT_SERVER_DATABASE_CONNECTION_URL to a PostgreSQL database.[/]"
+                "[dim]Its database is SQLite: fine for trying pacsflow. For real projects set "
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL to a PostgreSQL database (README: "
+                "Many workers).[/]"
             )
     return server
 
