@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pacsflow.ledger import Study, StudyStatus, make_engine, migrate, repository, session_factory
 from pacsflow.manifest import ManifestRow
+from tests.concurrency import migrate_together
 from tests.servers import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -127,3 +128,15 @@ def test_tag_concurrency_limit_round_trip(prefect_api: str) -> None:
             assert limit.concurrency_limit == 2
         finally:
             client.delete_concurrency_limit_by_tag(tag)
+
+
+def test_flow_runs_starting_together_migrate_a_fresh_ledger_without_failing(
+    ledger_url: str,
+) -> None:
+    assert migrate_together(ledger_url) == [None] * 4
+    engine = make_engine(ledger_url)
+    try:
+        with session_factory(engine)() as session:
+            assert repository.ingest_manifest(session, PROJECT, ROWS).added == 2
+    finally:
+        engine.dispose()

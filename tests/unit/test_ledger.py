@@ -17,6 +17,7 @@ from pacsflow.ledger import Study, StudyStatus, ingest, make_engine, migrate, se
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Base
 from pacsflow.manifest import ManifestRow
+from tests.concurrency import migrate_together
 
 PROJECT = "my-study"
 DATE = dt.date(2024, 3, 1)
@@ -358,3 +359,17 @@ def test_requeue_sends_final_studies_back_but_never_exported_ones(session: Sessi
     assert repo.requeue(session, PROJECT, StudyStatus.QUARANTINED) == 0
     with pytest.raises(ValueError, match="'exported' cannot be re-queued"):
         repo.requeue(session, PROJECT, StudyStatus.EXPORTED)
+
+
+def test_workers_starting_together_migrate_a_fresh_sqlite_ledger_without_failing(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert migrate_together(url) == [None] * 4
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            row = ManifestRow(row=1, study_date=DATE, mrn="000123", accession_number="ACC1")
+            assert repo.ingest_manifest(session, PROJECT, [row]).added == 1
+    finally:
+        engine.dispose()
