@@ -17,6 +17,7 @@ id and identifier-free reason, and recorded in full in the ledger.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -120,10 +121,10 @@ def retrieval_lane(
     deferred (a transient error: tried again after the source's retry delay), failed.
     """
     ws = workspace(site)
-    ws.leases  # noqa: B018 - start renewing this process's claims
     counts: Counter[str] = Counter()
     deadline = time.monotonic() + lane_seconds
-    with SourceAssociation(ws.site.sources[source_name], ws.calling_ae) as association:
+    source = ws.site.sources[source_name]
+    with ws.leases.held(), SourceAssociation(source, ws.calling_ae) as association:
         _retrieve(ws, project, source_name, pull, handoff, deadline, association, counts)
     return dict(counts)
 
@@ -190,7 +191,19 @@ def export_lane(site: str, project: ProjectConfig, lane: int, handoff: str) -> d
     logger = get_run_logger()
     ws = workspace(site)
     counts: Counter[str] = Counter()
-    queue_ = _handoffs[handoff]
+    with ws.leases.held():  # staged studies stay claimed until exported
+        _export(ws, project, _handoffs[handoff], counts, logger)
+    return dict(counts)
+
+
+def _export(
+    ws: pipeline.Workspace,
+    project: ProjectConfig,
+    queue_: Handoff,
+    counts: Counter[str],
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> None:
+    """The export lane's loop: take staged studies off the hand-off until it closes."""
     while (study_id := queue_.get()) is not None:
         try:
             status = pipeline.deidentify_and_export(
@@ -220,4 +233,3 @@ def export_lane(site: str, project: ProjectConfig, lane: int, handoff: str) -> d
                 },
             )
         counts[status] += 1
-    return dict(counts)

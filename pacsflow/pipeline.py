@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pydicom
@@ -22,6 +23,7 @@ from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.deid.study import deidentify_study
 from pacsflow.dicom import routes, storage
 from pacsflow.dicom.association import SourceAssociation
+from pacsflow.dicom.peers import AllowedPeers, allowed_peers
 from pacsflow.dicom.query import StudyQuery, find_study
 from pacsflow.dicom.receiver import process_receiver
 from pacsflow.dicom.retrieve import get_study, move_study
@@ -48,10 +50,15 @@ class Workspace:
 
     @property
     def leases(self) -> LeaseKeeper:
-        """Renews this process's claims in the background, started on first use."""
+        """Renews this process's claims while a lane holds it (``with ws.leases.held():``)."""
         if self._leases is None:
-            self._leases = LeaseKeeper(self.sessions, self.owner).start()
+            self._leases = LeaseKeeper(self.sessions, self.owner)
         return self._leases
+
+    @cached_property
+    def peers(self) -> AllowedPeers:
+        """Who may send to our receiver (resolved once: hosts are looked up in DNS)."""
+        return allowed_peers(self.site)
 
     @property
     def calling_ae(self) -> str:
@@ -125,7 +132,7 @@ def fetch(
     if source.retrieve == RetrieveMethod.GET:
         outcome = get_study(source, ws.calling_ae, study_uid, folder, association)
     else:
-        receiver = process_receiver(ws.site.receiver, ws.staging)
+        receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
         with routes.expect_study(ws.staging, study_uid, folder):
             outcome = move_study(
                 source, ws.calling_ae, receiver.config.ae_title, study_uid, association

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pacsflow.ledger import Study, StudyStatus, claims, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
+from pacsflow.ledger.leases import LeaseKeeper
 from pacsflow.manifest import ManifestRow
 from pacsflow.processes import process_is_gone, this_process
 
@@ -166,3 +168,28 @@ def test_a_final_status_ends_the_claim(sessions) -> None:
         repo.mark_exported(session, study.id, 3)
         session.refresh(study)
     assert study.claimed_by is None and study.claim_expires is None
+
+
+def _lease_threads() -> int:
+    return sum(t.name == "pacsflow-leases" for t in threading.enumerate())
+
+
+def test_the_keeper_renews_while_a_lane_holds_it_and_stops_after(sessions) -> None:
+    ingest(sessions, 1)
+    lease = dt.timedelta(seconds=0.6)
+    with sessions() as session:
+        study = claims.claim_next(session, PROJECT, 0, "w1", "p", lease)
+    keeper = LeaseKeeper(sessions, "w1", lease)
+    before = _lease_threads()
+    with keeper.held(), keeper.held():  # two lanes of one process
+        time.sleep(1.5)  # more than two leases
+        with sessions() as session:
+            assert claims.claim_next(session, PROJECT, 0, "w2", "p") is None  # still held
+        assert _lease_threads() == before + 1
+    time.sleep(0.3)  # the thread notices at its next wake-up at the latest
+    assert not keeper.running
+    with sessions() as session:
+        expires = session.get(Study, study.id).claim_expires.replace(tzinfo=dt.UTC)
+    time.sleep(max(0.0, (expires - dt.datetime.now(dt.UTC)).total_seconds()) + 0.1)
+    with sessions() as session:  # not renewed any more: the lease runs out
+        assert claims.claim_next(session, PROJECT, 0, "w2", "p") is not None
