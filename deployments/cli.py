@@ -393,11 +393,12 @@ def demo(
 @app.command()
 def receiver(config: ConfigOption = Path("pacsflow.yaml")) -> None:
     """Run the C-MOVE receiver in the foreground, shared by every flow run on this host."""
+    from pacsflow.dicom.peers import allowed_peers
     from pacsflow.dicom.receiver import Receiver
 
     try:
         site = load_site_config(config)
-        running = Receiver(site.receiver, site.staging)
+        running = Receiver(site.receiver, site.staging, allowed_peers(site))
         console.print(
             f"Receiver {site.receiver.ae_title} on {site.receiver.host}:"
             f"{site.receiver.port}, writing to {Path(site.staging).resolve()}"

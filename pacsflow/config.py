@@ -61,6 +61,16 @@ class SourceConfig(_Frozen):
         description="Most instances being retrieved from this source at once, across every "
         "project, flow run and worker; None sets no image limit.",
     )
+    store_ae_titles: list[str] = Field(
+        default=[],
+        description="AE titles the source sends C-MOVE results with, when not ae_title; "
+        "the receiver accepts only the sources' titles.",
+    )
+    store_hosts: list[str] = Field(
+        default=[],
+        description="Other hosts or addresses the source sends C-MOVE results from; "
+        "the receiver accepts only the sources' addresses.",
+    )
     retry_delays: list[float] = Field(
         default=[10.0, 60.0, 180.0],
         description="Seconds to wait before each retry when the source is down or fails; "

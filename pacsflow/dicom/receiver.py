@@ -8,6 +8,7 @@ the receiver supports the common storage SOP classes only, with every transfer s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -20,14 +21,28 @@ from pynetdicom.sop_class import Verification
 from pacsflow.config import ReceiverConfig
 from pacsflow.dicom import routes
 from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
+from pacsflow.dicom.peers import AllowedPeers
 from pacsflow.dicom.storage import handle_store
 from pacsflow.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 
 
-def _answers_echo(config: ReceiverConfig) -> bool:
-    """True when a DICOM SCP at the receiver's address answers C-ECHO as our AE title."""
+def receiver_identity(staging: Path) -> str:
+    """The implementation version name our receiver announces: which staging it fills.
+
+    Any DICOM program answers C-ECHO, whatever AE title it is called by, so an answer
+    alone does not show that a port is served by a pacsflow receiver of this site: a
+    source, another program or another checkout's receiver could hold it, and moves sent
+    there would be lost. The name (16 characters at most) carries a hash of the staging
+    folder, which is where routes and studies live.
+    """
+    digest = hashlib.sha256(str(Path(staging).resolve()).encode()).hexdigest()
+    return f"PACSFLOW{digest[:8].upper()}"
+
+
+def _answers_echo(config: ReceiverConfig, staging: Path) -> bool:
+    """True when a pacsflow receiver for ``staging`` answers C-ECHO at the receiver's address."""
     ae = make_ae(config.ae_title, timeout=5)
     ae.add_requested_context(Verification)
     assoc = ae.associate(
@@ -36,6 +51,8 @@ def _answers_echo(config: ReceiverConfig) -> bool:
     if not assoc.is_established:
         return False
     try:
+        if assoc.acceptor.implementation_version_name != receiver_identity(staging):
+            return False
         status = assoc.send_c_echo()
         return bool(status) and status.get("Status") == 0x0000
     finally:
@@ -57,14 +74,32 @@ class Receiver:
     #: Seconds to wait for a port that another pacsflow process is letting go of.
     handover_seconds = 10.0
 
-    def __init__(self, config: ReceiverConfig, staging: Path) -> None:
+    def __init__(
+        self, config: ReceiverConfig, staging: Path, peers: AllowedPeers | None = None
+    ) -> None:
         self.config = config
         self.staging = Path(staging)
+        #: Who may send; None accepts anyone (tests of the receiver alone).
+        self.peers = peers
         self._server = None
         self.shared = False
 
     def _folder_for(self, study_uid: str) -> Path | None:
         return routes.lookup(self.staging, study_uid)
+
+    def _screen(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: reject an association from anyone but the site's sources."""
+        if self.peers is None:
+            return
+        # The A-ASSOCIATE-RQ as received: pynetdicom copies its titles only later.
+        calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        reason = self.peers.refusal(calling_ae, str(event.assoc.requestor.address))
+        if reason is not None:
+            LOGGER.warning("receiver refused an association: %s", reason)
+            # Rejected permanent, by the service user: "calling AE title not recognised"
+            # when it is the title, else "no reason given".
+            diagnostic = 0x03 if calling_ae not in self.peers.ae_titles else 0x01
+            event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
 
     @property
     def running(self) -> bool:
@@ -74,11 +109,13 @@ class Receiver:
         if self.running:
             return self
         ae = make_ae(self.config.ae_title)
+        ae.implementation_version_name = receiver_identity(self.staging)
         ae.add_supported_context(Verification)
         for context in StoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         handlers = [
             *NODELAY_HANDLERS,
+            (evt.EVT_REQUESTED, self._screen),
             (evt.EVT_C_STORE, partial(handle_store, folder_for=self._folder_for)),
         ]
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -92,14 +129,15 @@ class Receiver:
                 )
                 break
             except OSError as exc:
-                if _answers_echo(self.config):
+                if _answers_echo(self.config, self.staging):
                     LOGGER.info("using the receiver already listening on port %s", self.config.port)
                     self.shared = True
                     return self
                 if time.monotonic() > deadline:
                     raise ConfigError(
                         f"cannot start the receiver on {self.config.host}:{self.config.port}: "
-                        f"{exc}. Another program uses that port; stop it or set "
+                        f"{exc}. Another program (or the receiver of a pacsflow site with "
+                        "another staging folder) uses that port; stop it or set "
                         "receiver.port in the site config."
                     ) from exc
                 time.sleep(0.2)
@@ -129,7 +167,9 @@ _PROCESS_RECEIVER: Receiver | None = None
 _PROCESS_LOCK = threading.Lock()
 
 
-def process_receiver(config: ReceiverConfig, staging: Path) -> Receiver:
+def process_receiver(
+    config: ReceiverConfig, staging: Path, peers: AllowedPeers | None = None
+) -> Receiver:
     """The receiver of this worker process, started on first use and then reused.
 
     If another process already serves the port, its receiver is used, after checking
@@ -138,15 +178,17 @@ def process_receiver(config: ReceiverConfig, staging: Path) -> Receiver:
     global _PROCESS_RECEIVER
     with _PROCESS_LOCK:
         current = _PROCESS_RECEIVER
-        if current is not None and (current.config != config or current.staging != Path(staging)):
+        if current is not None and (
+            current.config != config or current.staging != Path(staging) or current.peers != peers
+        ):
             current.stop()
             current = None
-        if current is not None and current.shared and not _answers_echo(config):
+        if current is not None and current.shared and not _answers_echo(config, staging):
             # The process whose receiver we used has ended (another flow run, say):
             # serve the port ourselves rather than send moves to nobody.
             current = None
         if current is None:
-            current = Receiver(config, staging).start()
+            current = Receiver(config, staging, peers).start()
             _PROCESS_RECEIVER = current
         return current
 

@@ -81,19 +81,8 @@ TWINS = [
 
 
 @pytest.fixture(scope="module")
-def receiver_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def primary(tmp_path_factory: pytest.TempPathFactory, receiver_port: int) -> Iterator[SandboxPacs]:
-    server = SandboxPacs(
-        "PRIMARY",
-        0,
-        tmp_path_factory.mktemp("primary"),
-        destinations={"PACSFLOW": ("127.0.0.1", receiver_port)},
-        timeout=5,
-    )
+def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxPacs]:
+    server = SandboxPacs("PRIMARY", 0, tmp_path_factory.mktemp("primary"), timeout=5)
     server.add_datasets(IN_PRIMARY)
     for twin in TWINS:
         server.add_datasets(twin)
@@ -107,6 +96,14 @@ def secondary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxPacs]
     server.add_datasets(IN_SECONDARY)
     with server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def receiver_port(primary: SandboxPacs, secondary: SandboxPacs) -> int:
+    """A port for our receiver, chosen once the sandboxes hold theirs (so none takes it)."""
+    port = free_port()
+    primary.add_destination("PACSFLOW", "127.0.0.1", port)
+    return port
 
 
 def source_for(pacs: SandboxPacs, retrieve: RetrieveMethod, timeout: float = 5) -> SourceConfig:

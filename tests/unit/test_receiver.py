@@ -1,0 +1,92 @@
+"""The receiver shares its port only with a pacsflow receiver filling the same staging."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from pynetdicom.sop_class import CTImageStorage
+
+from pacsflow.config import FilesystemDestinationConfig, ReceiverConfig, SiteConfig, SourceConfig
+from pacsflow.dicom.network import make_ae
+from pacsflow.dicom.peers import AllowedPeers, allowed_peers
+from pacsflow.dicom.receiver import Receiver
+from pacsflow.errors import ConfigError
+from pacsflow.sandbox import SandboxPacs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_second_receiver_for_the_same_staging_uses_the_running_one(tmp_path: Path) -> None:
+    config = ReceiverConfig(ae_title="PACSFLOW", host="127.0.0.1", port=free_port())
+    first = Receiver(config, tmp_path / "staging").start()
+    try:
+        second = Receiver(config, tmp_path / "staging").start()
+        assert second.shared and second.running
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize("holder", ["another site's receiver", "a PACS"])
+def test_a_port_held_by_anything_else_is_an_error_not_a_shared_receiver(
+    tmp_path: Path, holder: str
+) -> None:
+    port = free_port()
+    config = ReceiverConfig(ae_title="PACSFLOW", host="127.0.0.1", port=port)
+    if holder == "a PACS":
+        # A DICOM program answers C-ECHO whatever AE title it is called by.
+        other = SandboxPacs("PACSFLOW", port, tmp_path / "pacs").start()
+    else:
+        other = Receiver(config, tmp_path / "other-staging").start()
+    try:
+        receiver = Receiver(config, tmp_path / "staging")
+        receiver.handover_seconds = 0.5
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*receiver.port"):
+            receiver.start()
+    finally:
+        other.stop()
+
+
+def _associates(port: int, calling_ae: str) -> bool:
+    ae = make_ae(calling_ae, timeout=5)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSFLOW")
+    established = assoc.is_established
+    if established:
+        assoc.release()
+    return established
+
+
+def _site(port: int, **source: object) -> SiteConfig:
+    return SiteConfig(
+        receiver=ReceiverConfig(ae_title="PACSFLOW", host="127.0.0.1", port=port),
+        sources={"primary": SourceConfig(ae_title="PRIMARY", host="127.0.0.1", port=104, **source)},
+        destinations={"local": FilesystemDestinationConfig(path=Path("/tmp/unused"))},
+    )
+
+
+def test_the_receiver_accepts_only_the_sites_sources(tmp_path: Path) -> None:
+    site = _site(free_port(), store_ae_titles=["PRIMARY-OUT"])
+    receiver = Receiver(site.receiver, tmp_path / "staging", allowed_peers(site)).start()
+    try:
+        assert _associates(site.receiver.port, "PRIMARY")
+        assert _associates(site.receiver.port, "PRIMARY-OUT")  # its declared sending title
+        assert not _associates(site.receiver.port, "INTRUDER")
+    finally:
+        receiver.stop()
+
+
+def test_the_receiver_refuses_a_sources_title_from_another_address(tmp_path: Path) -> None:
+    site = _site(free_port())
+    elsewhere = AllowedPeers(frozenset({"PRIMARY"}), frozenset({"192.0.2.7"}))
+    receiver = Receiver(site.receiver, tmp_path / "staging", elsewhere).start()
+    try:
+        assert not _associates(site.receiver.port, "PRIMARY")
+        assert "store_hosts" in (elsewhere.refusal("PRIMARY", "127.0.0.1") or "")
+    finally:
+        receiver.stop()
