@@ -103,6 +103,10 @@ def configure(
         f"Saved {len(site.sources)} sources and {len(site.destinations)} "
         "destinations as Prefect blocks; the ledger is ready."
     )
+    from deployments.crashes import ensure_crash_automation
+
+    if ensure_crash_automation() != "unchanged":
+        console.print("Flow runs whose worker dies are now marked Crashed (an automation).")
 
 
 def _ledger(site: SiteConfig):

@@ -22,6 +22,7 @@ from pathlib import Path
 from prefect import serve
 from prefect.schedules import Cron
 
+from deployments.crashes import enable_heartbeats, heartbeat_env
 from flows.extract import CHUNK_DEPLOYMENT, extract_project
 from flows.process import process_studies
 
@@ -69,6 +70,7 @@ def serve_deployments(
     deployments = [build_deployment(), build_chunk_deployment()]
     if cron:
         deployments.append(build_deployment(project, manifest, cron))
+    enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
     serve(*deployments)
 
 
@@ -90,6 +92,13 @@ def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
         (process_studies, CHUNKS, "flows/process.py:process_studies"),
     ):
         deployed = flow_.from_source(source=str(source), entrypoint=entrypoint)
-        deployed.deploy(name=name, work_pool_name=pool, tags=["pacsflow"], print_next_steps=False)
+        deployed.deploy(
+            name=name,
+            work_pool_name=pool,
+            tags=["pacsflow"],
+            # Heartbeats let the server mark a run Crashed when its worker dies.
+            job_variables={"env": heartbeat_env()},
+            print_next_steps=False,
+        )
         names.append(f"{flow_.name}/{name}")
     return names

@@ -1145,3 +1145,24 @@ def start_prefect_worker(
         time.sleep(0.2)
     worker.stop()
     raise PrefectStartError(f"prefect worker did not start in {timeout} s: {log_tail(log_path)}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started under ``pid``, however deep (read from /proc; Linux only).
+
+    A Prefect worker starts each flow run in a new session, so killing the worker's
+    group leaves its flow runs alive; a test that means "the machine died" kills these.
+    """
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                found.append(child)
+                pending.append(child)
+    return found

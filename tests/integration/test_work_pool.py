@@ -7,8 +7,11 @@ run as deployment runs on the pool. The sources count what they have in flight.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import secrets
+import signal
 import threading
 import time
 from collections import Counter
@@ -19,9 +22,9 @@ import pytest
 import yaml
 
 from pacsflow.config import load_site_config
-from pacsflow.ledger import Study, make_engine, session_factory
+from pacsflow.ledger import Study, make_engine, migrate, session_factory
 from pacsflow.sandbox import SandboxPacs, make_patients, make_study
-from tests.servers import free_port, start_prefect_worker
+from tests.servers import descendants, free_port, start_prefect_worker
 
 pytestmark = pytest.mark.integration
 
@@ -82,10 +85,7 @@ def _study(patient, accession: str, n_instances: int = 2):
 @pytest.fixture
 def scenario(tmp_path: Path, ledger_url: str):
     """Two slow sources and three projects; alpha and beta both ask for one study."""
-    receiver_port = free_port()
-    primary = CountingPacs(
-        "PRIMARY", 0, tmp_path / "primary", {"PACSFLOW": ("127.0.0.1", receiver_port)}
-    )
+    primary = CountingPacs("PRIMARY", 0, tmp_path / "primary")
     secondary = CountingPacs("SECONDARY", 0, tmp_path / "secondary")
     patients = iter(make_patients(40, seed=7))
     shared = _study(next(patients), "SHARED01", n_instances=3)
@@ -116,6 +116,8 @@ def scenario(tmp_path: Path, ledger_url: str):
         expected[name] = counts
     primary.start()
     secondary.start()
+    receiver_port = free_port()  # once the sandboxes hold their ports, so neither takes it
+    primary.add_destination("PACSFLOW", "127.0.0.1", receiver_port)
 
     site = {
         "ledger": ledger_url,
@@ -240,3 +242,77 @@ def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(sc
         instances = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))]
         assert len(instances) == 3
         assert all(ds.StudyInstanceUID == row.pseudo_study_uid != shared_uid for ds in instances)
+
+
+def _kill_machine(workers) -> None:
+    """SIGKILL every worker and every flow run it started, as when their machine dies."""
+    for worker in workers:
+        for pid in [*descendants(worker.pid), worker.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_whose_workers_die_becomes_crashed_and_a_new_run_finishes_the_pull(
+    scenario, prefect_api
+):
+    """Issue 9: a killed run becomes Crashed; its claims and slots come back."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from blocks.site import save_site
+    from deployments.crashes import ensure_crash_automation
+    from deployments.serve import deploy_to_pool
+
+    assert ensure_crash_automation() in ("created", "unchanged")
+    assert ensure_crash_automation() == "unchanged"  # configure runs it every time
+    save_site(scenario["site"])
+    pool = f"pacsflow-crash-{secrets.token_hex(3)}"
+    deploy_to_pool(pool)
+    scenario["primary"].delay = 2.0  # slow enough to be killed mid-pull
+    project, manifest = scenario["files"]["alpha"]
+    parameters = {"project": str(project), "manifest": str(manifest)}
+    home = scenario["tmp"] / "worker-crash"
+    workers = [start_prefect_worker(home, prefect_api, pool, name=f"doomed-{pool}")]
+    site = scenario["site"]
+    engine = make_engine(site.ledger)
+    migrate(engine)  # so the test can watch the ledger before the run has migrated it
+    sessions = session_factory(engine)
+    try:
+        run = run_deployment("extract-project/extract-project", parameters=parameters, timeout=0)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the pull is under way
+            with sessions() as session:
+                if session.query(Study).filter(Study.claimed_by.isnot(None)).count():
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the run never claimed a study")
+        _kill_machine(workers)
+
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 240
+            while not (state := client.read_flow_run(run.id).state).is_final():
+                assert time.monotonic() < deadline, f"still {state.type} 240 s after the kill"
+                time.sleep(2)
+        assert state.is_crashed(), state
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    # A new worker and a new run of the same pull finish it: the dead run's claims ran
+    # out and its source slots were given back, or this run would wait on them.
+    scenario["primary"].delay = 0.2
+    rescuer = start_prefect_worker(home, prefect_api, pool, name=f"rescuer-{pool}")
+    try:
+        again = run_deployment("extract-project/extract-project", parameters=parameters)
+    finally:
+        rescuer.stop()
+    assert again.state.is_completed(), again.state
+    with sessions() as session:
+        rows = session.query(Study).filter(Study.project == "alpha").all()
+    assert Counter(r.status for r in rows) == scenario["expected"]["alpha"]
+    assert all(r.claimed_by is None for r in rows)
+    root = Path(site.destinations["out"].path) / "alpha"
+    exported = sorted(r.pseudo_study_uid for r in rows if r.status == "exported")
+    assert sorted(p.name for p in root.glob("*/*") if p.parent.name != ".partial") == exported
+    assert not list(root.glob(".partial/*"))
