@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pacsflow.errors import PermanentError
@@ -183,11 +184,7 @@ def check_project_key(
     A new key would give the same patients and studies new pseudonyms, so a top-up could
     not be linked to earlier exports. ``force`` accepts the change deliberately.
     """
-    row = session.get(Project, project)
-    if row is None:
-        session.add(Project(name=project, key_fingerprint=fingerprint))
-        session.commit()
-        return
+    row = _project_row(session, project)
     if row.key_fingerprint in (None, fingerprint):
         row.key_fingerprint = fingerprint
         session.commit()
@@ -210,10 +207,26 @@ def check_project_key(
 
 def record_profile(session: Session, project: str, fingerprint: str) -> None:
     """Remember which de-identification profile the project's latest run used."""
-    row = session.get(Project, project) or Project(name=project)
+    row = _project_row(session, project)
     row.profile_fingerprint = fingerprint
-    session.add(row)
     session.commit()
+
+
+def _project_row(session: Session, project: str) -> Project:
+    """The project's row, created if missing.
+
+    Two runs of a new project start together (the UI, a schedule): both find no row and
+    insert; the loser's insert fails on the primary key and it reads the winner's row.
+    """
+    row = session.get(Project, project)
+    if row is not None:
+        return row
+    session.add(Project(name=project))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+    return session.get(Project, project)
 
 
 #: Final statuses a user may send back to the queue (exported never: it is done).

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from pacsflow.ledger import Study, StudyStatus, ingest, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
-from pacsflow.ledger.models import Base
+from pacsflow.ledger.models import Base, Project
 from pacsflow.manifest import ManifestRow
 from tests.concurrency import migrate_together
 
@@ -373,3 +373,29 @@ def test_workers_starting_together_migrate_a_fresh_sqlite_ledger_without_failing
             assert repo.ingest_manifest(session, PROJECT, [row]).added == 1
     finally:
         engine.dispose()
+
+
+def test_two_first_runs_of_a_project_both_record_its_key(engine: Engine) -> None:
+    """The second run's insert of the project row loses the race; it reads the winner's."""
+    from sqlalchemy.orm import sessionmaker
+
+    with session_factory(engine)() as session:  # the run that got there first
+        repo.check_project_key(session, PROJECT, "FINGERPRINT")
+
+    class LateSession(Session):
+        """Looked before the first run inserted: saw no row the first time."""
+
+        looked = False
+
+        def get(self, *args, **kwargs):
+            if not LateSession.looked:
+                LateSession.looked = True
+                return None
+            return super().get(*args, **kwargs)
+
+    with sessionmaker(engine, class_=LateSession)() as session:
+        repo.check_project_key(session, PROJECT, "FINGERPRINT")
+        repo.record_profile(session, PROJECT, "PROFILE")
+    with session_factory(engine)() as session:
+        row = session.get(Project, PROJECT)
+        assert (row.key_fingerprint, row.profile_fingerprint) == ("FINGERPRINT", "PROFILE")
