@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from deployments.cli_projects import app as projects_app
 from deployments.server import ensure_server
 from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load_site_config
 from pacsflow.deid.pixels import PixelPolicy
@@ -103,10 +104,15 @@ def configure(
         f"Saved {len(site.sources)} sources and {len(site.destinations)} "
         "destinations as Prefect blocks; the ledger is ready."
     )
+    from deployments.cli_projects import register_beside
     from deployments.crashes import ensure_crash_automation
+    from deployments.form import refresh_forms
 
     if ensure_crash_automation() != "unchanged":
         console.print("Flow runs whose worker dies are now marked Crashed (an automation).")
+    if registered := register_beside(config):
+        refresh_forms()
+        console.print(f"Projects offered in the run form: {', '.join(registered)}")
 
 
 def _ledger(site: SiteConfig):
@@ -499,6 +505,8 @@ def export_linker_command(
             "local file to the research team another way."
         )
 
+
+app.add_typer(projects_app, name="project")
 
 if __name__ == "__main__":
     app()

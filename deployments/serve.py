@@ -22,7 +22,9 @@ from pathlib import Path
 from prefect import serve
 from prefect.schedules import Cron
 
+from blocks.projects import known_projects
 from deployments.crashes import enable_heartbeats, heartbeat_env
+from deployments.form import form_schema, refresh_forms
 from flows.extract import CHUNK_DEPLOYMENT, extract_project
 from flows.process import process_studies
 
@@ -41,7 +43,7 @@ def build_deployment(
     bound the load on every PACS across all runs.
     """
     parameters = {k: v for k, v in {"project": project, "manifest": manifest}.items() if v}
-    return extract_project.to_deployment(
+    deployment = extract_project.to_deployment(
         name=DEPLOYMENT if not cron else f"{DEPLOYMENT}-{_slug(project or 'scheduled')}",
         parameters=parameters,
         schedules=[Cron(cron, timezone="UTC")] if cron else None,
@@ -49,6 +51,10 @@ def build_deployment(
         tags=["pacsflow"],
         description="Find, retrieve, de-identify and export one project's manifest.",
     )
+    schema = deployment._parameter_openapi_schema  # Prefect keeps the form's schema here
+    form = form_schema(schema.model_dump(), list(known_projects()))
+    deployment._parameter_openapi_schema = type(schema).model_validate(form)
+    return deployment
 
 
 def build_chunk_deployment():
@@ -101,4 +107,5 @@ def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
             print_next_steps=False,
         )
         names.append(f"{flow_.name}/{name}")
+    refresh_forms()
     return names

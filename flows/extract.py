@@ -10,15 +10,18 @@ task exists per study.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
-from pathlib import Path
+from typing import Annotated
 
 from prefect import flow, task
 from prefect.logging import get_run_logger
+from pydantic import Field
 
 from flows.boundary import confined
 from flows.limits import ensure_source_limits
+from flows.naming import run_name
 from flows.process import EXPORT_LANES, process_studies
 from flows.progress import Progress, report
 from flows.runtime import profile, pseudonymizer, resolve_project, workspace
@@ -63,7 +66,8 @@ def ingest_manifest(site: str, project_name: str, manifest: str) -> dict[str, in
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
-    return f"extract-{Path(flow_run.parameters['project']).stem}"
+    today = dt.datetime.now(dt.UTC).date()
+    return run_name(flow_run.parameters["project"], flow_run.name, str(flow_run.id), today)
 
 
 def _run_chunks(project: ProjectConfig, site: str, pull: str, total: int, workers: int) -> None:
@@ -108,17 +112,28 @@ def extract_project(
     manifest: str,
     site: str = "default",
     force_key_change: bool = False,
-    workers: int = 1,
-    export_lanes: int = EXPORT_LANES,
+    workers: Annotated[int, Field(ge=1)] = 1,
+    export_lanes: Annotated[int, Field(ge=1)] = EXPORT_LANES,
 ) -> dict[str, int]:
-    """Ingest ``manifest`` for ``project``, then process every study not yet done.
+    """Ingest the manifest for the project, then process every study not yet done.
 
-    ``project`` is a project file or a slug (``projects/<slug>.yaml``); ``site`` names
-    the site block saved by ``pacsflow configure``. ``workers`` > 1 splits the work over
-    that many runs of the ``process-studies`` deployment (a work pool with workers).
+    The run form shows the descriptions below (Prefect reads them from this docstring)
+    and the titles in ``deployments/form.py``.
+
+    Args:
+        project: The project to pull: one the site knows (`pacsflow project add`), or
+            the path of a project file.
+        manifest: CSV or parquet of MRN, accession number and study date (study UID
+            optional), at a path every worker can read. Read afresh on every run.
+        site: The site block saved by `pacsflow configure`.
+        force_key_change: Accept a changed pseudonymisation key. Only when it was
+            changed on purpose: studies exported before keep their old pseudonyms.
+        workers: Split the pull over this many runs of process-studies on the work
+            pool; 1 runs it in this flow run.
+        export_lanes: Studies de-identified and exported at once in each run.
     """
     logger = get_run_logger()
-    config = resolve_project(project)
+    config = resolve_project(project, site)
     ws = workspace(site, ttl=0)  # as the blocks are now; tasks reuse it
     config.check_against(ws.site)
     check_key_and_profile(site, config, force_key_change)

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from blocks.projects import known_projects
 from blocks.secrets import project_key
 from blocks.site import load_site
 from pacsflow.config import ProjectConfig, SiteConfig, load_project_config
 from pacsflow.deid.profile import Profile, build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
+from pacsflow.errors import ConfigError
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.pipeline import Workspace
 
@@ -92,9 +94,23 @@ def profile(project: ProjectConfig) -> Profile:
         return _profiles[key]
 
 
-def resolve_project(project: str) -> ProjectConfig:
-    """A project file path, or a slug looked up as ``projects/<slug>.yaml``."""
+def resolve_project(project: str, site: str = "default") -> ProjectConfig:
+    """A project file path, or a slug: registered for ``site`` or ``projects/<slug>.yaml``.
+
+    The run form offers the registered slugs; a path still works for scripts. An
+    unknown slug is an error that lists the known ones.
+    """
     path = Path(project)
-    if not path.suffix:
-        path = Path("projects") / f"{project}.yaml"
-    return load_project_config(path)
+    if path.suffix:
+        return load_project_config(path)
+    registered = known_projects(site)
+    if project in registered:
+        return load_project_config(registered[project])
+    path = Path("projects") / f"{project}.yaml"
+    if path.exists():
+        return load_project_config(path)
+    known = ", ".join(sorted(registered)) or "none yet"
+    raise ConfigError(
+        f"unknown project {project!r} for site {site!r} (known: {known}); register it with "
+        "`pacsflow project add PROJECT_FILE`, or pass the project file's path"
+    )

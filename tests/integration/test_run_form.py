@@ -1,0 +1,94 @@
+"""What the Prefect UI does: read the extract-project form, pick a project from its list,
+create a run of the served deployment with form parameters, and watch it complete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pacsflow.config import load_site_config
+
+pytestmark = pytest.mark.integration
+
+PACSFLOW = str(Path(sys.executable).parent / "pacsflow")
+
+
+@pytest.fixture
+def served(sandbox_factory, prefect_api, tmp_path):
+    """A sandbox site, configured and served by ``pacsflow serve`` (stopped by pid)."""
+    site = sandbox_factory(n_studies=6)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    subprocess.run([PACSFLOW, "configure", str(site.config_path)], env=env, check=True, timeout=120)
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [PACSFLOW, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield site
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def _deployment(client, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return client.read_deployment_by_name("extract-project/extract-project")
+        except Exception:  # not registered yet
+            time.sleep(1)
+    pytest.fail("pacsflow serve never registered extract-project")
+
+
+def _wait(client, run_id, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(1)
+    pytest.fail(f"run still {run.state} after {timeout} s")
+
+
+def test_a_pull_started_from_the_form_picks_the_project_from_a_list_and_completes(served):
+    from prefect.client.orchestration import get_client
+
+    site = served
+    slug = "sandbox-demo"
+    with get_client(sync_client=True) as client:
+        deployment = _deployment(client)
+        form = deployment.parameter_openapi_schema["properties"]
+        choices = form["project"]["anyOf"]
+        assert slug in choices[0]["enum"]  # the list the form offers
+        assert form["manifest"]["title"] == "Manifest"
+        assert "every worker can read" in form["manifest"]["description"]
+        assert set(deployment.parameter_openapi_schema["required"]) == {"project", "manifest"}
+
+        parameters = {"project": slug, "manifest": str(site.manifest_path)}
+        run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        typed = client.create_flow_run_from_deployment(
+            deployment.id, parameters=parameters, name="rerun-after-the-profile-fix"
+        )
+        first, second = _wait(client, run.id), _wait(client, typed.id)
+
+    assert first.state.is_completed(), first.state.message
+    assert second.state.is_completed(), second.state.message
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert first.name.startswith(f"{slug}-{today}-") and first.name != second.name
+    assert second.name == "rerun-after-the-profile-fix"
+    site_config = load_site_config(site.config_path)
+    exported = list(Path(site_config.destinations["local"].path).glob(f"{slug}/*/*"))
+    found = sum(n for place, n in site.expected.items() if place != "neither")
+    assert len(exported) == found
