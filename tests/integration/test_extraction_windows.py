@@ -155,3 +155,43 @@ def test_a_window_further_than_max_wait_leaves_its_studies_for_the_next_pull(
     assert second.result()["not_found"] == expected["neither"]
     with sessions() as session:
         assert repo.source_counts(session, project.name)["secondary"] == expected["secondary"]
+
+
+def test_lanes_stop_claiming_when_the_window_closes_and_finish_the_study_in_hand(
+    sandbox_factory, prefect_api, monkeypatch
+):
+    """The primary's window closes a few seconds into the run: its lanes take no new study
+    (each may finish the one it holds), and the rest wait for the next pull."""
+    import flows.clock
+    from blocks.site import save_site
+    from flows.extract import extract_project
+    from pacsflow.sandbox.activity import OperationKind
+
+    sandbox = sandbox_factory(n_studies=40)
+    sandbox.primary.retrieve_delay = 1.0  # a busy archive: the run cannot finish in time
+    _set_windows(sandbox, "primary", NIGHTS)
+    project_data = yaml.safe_load(sandbox.project_path.read_text())
+    project_data["max_wait_hours"] = 0
+    sandbox.project_path.write_text(yaml.safe_dump(project_data))
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    closing = OPENING + dt.timedelta(hours=12)  # 08:00 the next morning
+    clock = StartingClock(closing - dt.timedelta(seconds=2 * LEAD))
+    monkeypatch.setattr(flows.clock, "now", clock)
+
+    state = extract_project(
+        project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
+    )
+
+    assert state.is_completed(), state.message
+    closed_at = clock.wall_time_of(closing)
+    finds = [op for op in sandbox.primary.activity if op.kind == OperationKind.FIND]
+    assert [op for op in finds if op.started_wall < closed_at], "nothing ran while open"
+    # A study starts with a C-FIND: after the closing, only the studies lanes held then.
+    late = [op for op in finds if op.started_wall >= closed_at]
+    assert len(late) <= site.sources["primary"].max_concurrent
+    with session_factory(make_engine(site.ledger))() as session:
+        rows = session.query(Study).all()
+    assert [r for r in rows if r.status not in {s.value for s in FINAL}], "nothing was left"
+    assert all(r.claimed_by is None for r in rows)
+    assert "the extraction window of primary has closed: no more claims" in _run_logs(state)
