@@ -9,7 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from pacsflow.config import SourceConfig
+from pacsflow.config import SourceConfig, load_site_config
+from pacsflow.errors import ConfigError
 from pacsflow.windows import ExtractionWindows, is_open, next_opening
 
 LONDON = ZoneInfo("Europe/London")
@@ -172,3 +173,24 @@ def test_a_source_reads_windows_from_yaml_and_round_trips_through_json():
     }
     assert SourceConfig.model_validate(dumped) == source
     assert SourceConfig(ae_title="A", host="h", port=104).windows is None
+
+
+def test_a_site_file_with_a_bad_entry_names_its_key(tmp_path):
+    path = tmp_path / "pacsflow.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sources": {
+                    "pacs": {
+                        "ae_title": "P",
+                        "host": "h",
+                        "port": 104,
+                        "windows": {"timezone": "UTC", "open": ["weekdays 20:00-08:00"]},
+                    }
+                },
+                "destinations": {"local": {"path": str(tmp_path)}},
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match=r"sources\.pacs\.windows\.open\.0: .*'weekdays'"):
+        load_site_config(path)
