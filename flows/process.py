@@ -36,8 +36,8 @@ POLL_SECONDS = 0.2
 #: Export lanes per process: de-identification is CPU-bound, and on 2 cores more threads
 #: only contend for the GIL.
 EXPORT_LANES = 2
-#: Longest sleep while every remaining study waits for a closed source's window, so a
-#: window edited in the site block (or a clock that jumps) is seen within a minute.
+#: Longest sleep while every remaining study waits for a closed source's window, so the
+#: run notices within a minute if the clock jumped (a host suspended and resumed).
 WINDOW_CHECK_SECONDS = 60.0
 #: Threads for lanes; a thread is made only when a lane is submitted, and the dispatcher
 #: submits at most the sources' limits plus the export lanes.
@@ -139,10 +139,10 @@ def process_studies(
             # Studies of a closed source are not ready: no lane, no slot, until it opens.
             ready = {i: n for i, n in waiting.items() if i not in closed}
             held = {i: n for i, n in waiting.items() if i in closed}
-            current = _waits(ws.site, project.sources, held, closed)
-            if current != waits:  # say so once, not at every tick
-                waits = current
-                for w in waits:
+            before = {(w.source, w.opens) for w in waits}
+            waits = _waits(ws.site, project.sources, held, closed)
+            for w in waits:
+                if (w.source, w.opens) not in before:  # once per source and opening
                     logger.info(
                         "%s studies wait for source %s, whose extraction window opens %s",
                         w.studies,
