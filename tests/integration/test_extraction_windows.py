@@ -85,6 +85,7 @@ def test_studies_wait_for_the_primary_window_and_all_go_once_it_opens(
     sandbox_factory, prefect_api, monkeypatch
 ):
     import flows.clock
+    import flows.progress
     from blocks.site import save_site
     from flows.extract import extract_project
 
@@ -94,6 +95,14 @@ def test_studies_wait_for_the_primary_window_and_all_go_once_it_opens(
     save_site(site)
     clock = StartingClock(OPENING - dt.timedelta(seconds=LEAD))
     monkeypatch.setattr(flows.clock, "now", clock)
+    shown = []  # what the progress artifact said, in order (the UI shows the latest)
+    real_update = flows.progress.update_progress_artifact
+
+    def spy(artifact_id, progress, description=None, **kwargs):
+        shown.append(description)
+        return real_update(artifact_id, progress, description, **kwargs)
+
+    monkeypatch.setattr(flows.progress, "update_progress_artifact", spy)
 
     state = extract_project(
         project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
@@ -109,6 +118,9 @@ def test_studies_wait_for_the_primary_window_and_all_go_once_it_opens(
     assert counts["exported"] == 8 - sandbox.expected["neither"]
     assert counts["not_found"] == sandbox.expected["neither"]
     assert "8 studies wait for source primary, whose extraction window opens" in _run_logs(state)
+    note = "Waiting for an extraction window: 8 for source primary (opens Wed 02 Dec 20:00 UTC)"
+    assert note in shown[0]
+    assert "Waiting" not in shown[-1]  # the run's last word: nothing waits any more
 
 
 def test_a_window_further_than_max_wait_leaves_its_studies_for_the_next_pull(
