@@ -8,6 +8,7 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from pacsflow.config import RetrieveMethod, SourceConfig
+from pacsflow.windows import ExtractionWindows
 
 
 class DicomSource(Block):
@@ -38,6 +39,11 @@ class DicomSource(Block):
         default=[10.0, 60.0, 180.0],
         description="Seconds before each retry when the source is down or answers badly.",
     )
+    windows: ExtractionWindows | None = Field(
+        default=None,
+        description="When the source may be queried, e.g. timezone Europe/London, open "
+        '["mon-fri 20:00-08:00", "sat-sun 00:00-24:00"]; empty: at any time.',
+    )
 
     @classmethod
     def from_config(cls, config: SourceConfig) -> DicomSource:
@@ -53,4 +59,5 @@ class DicomSource(Block):
             timeout=self.timeout,
             retry_delays=self.retry_delays,
             max_images=self.max_images,
+            windows=self.windows,
         )

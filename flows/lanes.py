@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
+from flows import clock
 from flows.cache import exported_before, remember_export
 from flows.limits import image_limit_name, image_slots
 from flows.runtime import profile, pseudonymizer, workspace
@@ -39,6 +40,7 @@ from pacsflow.dicom.association import SourceAssociation
 from pacsflow.ledger import claims
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
+from pacsflow.windows import is_open
 
 #: Default seconds a retrieval lane works before it gives its slot back (if work remains,
 #: a new lane queues for it, so other projects' lanes get a turn).
@@ -139,11 +141,19 @@ def _retrieve(
     association: SourceAssociation,
     counts: Counter[str],
 ) -> None:
-    """The lane's loop: claim, find, fetch, hand on; one study at a time until done."""
+    """The lane's loop: claim, find, fetch, hand on; one study at a time until done.
+
+    It stops claiming when the source's extraction window closes; the study in hand is
+    finished first.
+    """
     logger = get_run_logger()
     source_index = project.sources.index(source_name)
     delays = ws.site.sources[source_name].retry_delays
+    windows = ws.site.sources[source_name].windows
     while time.monotonic() < deadline:
+        if not is_open(windows, clock.now()):
+            logger.info("the extraction window of %s has closed: no more claims", source_name)
+            break
         with ws.sessions() as session:
             study = claims.claim_next(session, project.name, source_index, ws.owner, pull)
         if study is None:

@@ -6,7 +6,9 @@ source, never more than the source's ``max_concurrent`` from this run (the tag l
 ``source:<name>`` then bounds all runs together), and a few export lanes fed by them. It
 polls the ledger, not futures of studies: work in flight is bounded by the lanes, and
 memory does not grow with the manifest. Several runs of it (chunks of one pull, on other
-workers) share the work through the ledger's claims.
+workers) share the work through the ledger's claims. A source outside its extraction
+window (:mod:`pacsflow.windows`) gets no lanes: its studies wait, shown in the progress
+artifact, and the run sleeps until the window opens.
 """
 
 from __future__ import annotations
@@ -20,21 +22,65 @@ from prefect.futures import PrefectFuture, wait
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import clock
 from flows.lanes import LANE_SECONDS, close_handoff, export_lane, open_handoff, retrieval_lane
 from flows.limits import source_tag
-from flows.progress import Progress
+from flows.progress import Progress, WindowWait
 from flows.runtime import workspace
-from pacsflow.config import ProjectConfig
+from pacsflow.config import ProjectConfig, SiteConfig
 from pacsflow.ledger import claims
+from pacsflow.windows import next_opening
 
 #: How often the dispatcher looks at the ledger for studies waiting for a source.
 POLL_SECONDS = 0.2
 #: Export lanes per process: de-identification is CPU-bound, and on 2 cores more threads
 #: only contend for the GIL.
 EXPORT_LANES = 2
+#: Longest sleep while every remaining study waits for a closed source's window, so the
+#: run notices within a minute if the clock jumped (a host suspended and resumed).
+WINDOW_CHECK_SECONDS = 60.0
 #: Threads for lanes; a thread is made only when a lane is submitted, and the dispatcher
 #: submits at most the sources' limits plus the export lanes.
 MAX_THREADS = 64
+
+
+def _closed(site: SiteConfig, sources: list[str], now: dt.datetime) -> dict[int, dt.datetime]:
+    """The project's sources (by index) whose windows are closed at ``now``: when each opens."""
+    closed = {}
+    for index, name in enumerate(sources):
+        opening = next_opening(site.sources[name].windows, now)
+        if opening is not None:
+            closed[index] = opening
+    return closed
+
+
+def _waits(
+    site: SiteConfig, sources: list[str], held: dict[int, int], closed: dict[int, dt.datetime]
+) -> list[WindowWait]:
+    waits = []
+    for index, n in sorted(held.items()):
+        windows = site.sources[sources[index]].windows
+        assert windows is not None  # only a source with windows is ever closed
+        waits.append(WindowWait(sources[index], n, closed[index].astimezone(windows.zone)))
+    return waits
+
+
+def _idle_pause(
+    to_deferred: dt.timedelta | None, to_opening: dt.timedelta | None, max_wait: dt.timedelta
+) -> float | None:
+    """Seconds the dispatcher sleeps while no lane runs and no study is ready; None: stop.
+
+    ``to_deferred`` is the time until the first study put back after a transient error
+    is claimable, ``to_opening`` until a closed source with studies waiting opens. The
+    run stops when neither exists, or when the window is further away than ``max_wait``
+    (its studies stay pending, so the next scheduled pull takes them).
+    """
+    if to_deferred is not None and (to_opening is None or to_deferred <= to_opening):
+        return min(max(to_deferred.total_seconds(), POLL_SECONDS), 5.0)
+    if to_opening is None or to_opening > max_wait:
+        return None
+    # Until the window opens, looking again at least every minute.
+    return min(max(to_opening.total_seconds(), POLL_SECONDS), WINDOW_CHECK_SECONDS)
 
 
 def _process_run_name() -> str:
@@ -64,7 +110,10 @@ def process_studies(
 
     ``pull`` names the extraction (a study that fails in it waits for the next pull);
     ``total`` is how many studies the pull started with, for the progress artifact.
-    Returns what the lanes did, by outcome.
+    Studies waiting for a source whose extraction window is closed get no lane (and hold
+    no slot); the run sleeps until the window opens, unless that is more than the
+    project's ``max_wait_hours`` away: then it ends and leaves them pending for the next
+    pull. Returns what the lanes did, by outcome.
     """
     logger = get_run_logger()
     ws = workspace(site, ttl=0)  # as the blocks are now; tasks reuse it
@@ -74,6 +123,8 @@ def process_studies(
     done: list[PrefectFuture] = []
     started = Counter()
     progress = Progress(ws, project.name, pull, total, chunk)
+    max_wait = dt.timedelta(hours=project.max_wait_hours)
+    waits: list[WindowWait] = []
     try:
         while True:
             for name, futures in running.items():
@@ -83,27 +134,56 @@ def process_studies(
                 running[name] = [f for f in futures if not f.wrapped_future.done()]
             with ws.sessions() as session:
                 waiting = claims.claimable_counts(session, project.name, pull)
+            now = clock.now()
+            closed = _closed(ws.site, project.sources, now)
+            # Studies of a closed source are not ready: no lane, no slot, until it opens.
+            ready = {i: n for i, n in waiting.items() if i not in closed}
+            held = {i: n for i, n in waiting.items() if i in closed}
+            before = {(w.source, w.opens) for w in waits}
+            waits = _waits(ws.site, project.sources, held, closed)
+            for w in waits:
+                if (w.source, w.opens) not in before:  # once per source and opening
+                    logger.info(
+                        "%s studies wait for source %s, whose extraction window opens %s",
+                        w.studies,
+                        w.source,
+                        w.opens.isoformat(timespec="minutes"),
+                    )
             for index, name in enumerate(project.sources):
                 room = ws.site.sources[name].max_concurrent - len(running[name])
                 # One new lane per source per tick: slot requests made all at once collide
                 # on a SQLite-backed server, which answers 503 and makes clients back off 2 s.
-                for _ in range(min(room, waiting.get(index, 0), 1)):
+                for _ in range(min(room, ready.get(index, 0), 1)):
                     started[name] += 1
                     lane = retrieval_lane.with_options(tags=[source_tag(name)]).submit(
                         site, project, name, started[name], pull, handoff.key, lane_seconds
                     )
                     running[name].append(lane)
-            progress.update()
-            if not any(running.values()) and not waiting:
+            progress.update(waits=waits)
+            if not any(running.values()) and not ready:
                 with ws.sessions() as session:
                     deferred = claims.next_deferred(session, project.name)
-                if deferred is None:
+                if deferred is not None and deferred.tzinfo is None:
+                    deferred = deferred.replace(tzinfo=dt.UTC)  # SQLite keeps UTC without a zone
+                # Leases and delays are on the ledger's clock, the real one; windows are
+                # on flows.clock (which a test may move): each is compared with its own.
+                to_deferred = deferred - dt.datetime.now(dt.UTC) if deferred else None
+                if to_deferred is not None and to_deferred <= dt.timedelta(0):
+                    to_deferred = None  # claimable already: counted above
+                opening = min((closed[i] for i in held), default=None)
+                to_opening = opening - now if opening is not None else None
+                pause = _idle_pause(to_deferred, to_opening, max_wait)
+                if pause is None:
+                    if held:
+                        logger.warning(
+                            "the next extraction window opens %s, more than max_wait_hours=%s "
+                            "from now: %s studies stay pending for the next pull",
+                            opening.isoformat(timespec="minutes"),
+                            project.max_wait_hours,
+                            sum(held.values()),
+                        )
                     break
-                # Studies put back after a transient error: wait for the first of them.
-                if deferred.tzinfo is None:  # SQLite keeps UTC without a zone
-                    deferred = deferred.replace(tzinfo=dt.UTC)
-                wait_for = deferred - dt.datetime.now(dt.UTC)
-                time.sleep(min(max(wait_for.total_seconds(), POLL_SECONDS), 5.0))
+                time.sleep(pause)
                 continue
             time.sleep(POLL_SECONDS)
     finally:
@@ -117,7 +197,7 @@ def process_studies(
             outcomes.update(result)
         else:
             outcomes["lane_failed"] += 1
-    progress.update(force=True)
+    progress.update(force=True, waits=waits)
     logger.info(
         "lanes started: %s; outcomes: %s",
         dict(started),

@@ -5,7 +5,9 @@ Everything here is counts, statuses, ledger ids and identifier-free error types.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from dataclasses import dataclass
 
 from prefect.artifacts import (
     create_progress_artifact,
@@ -18,6 +20,26 @@ from pacsflow.ledger.models import FINAL
 from pacsflow.pipeline import Workspace
 
 
+@dataclass(frozen=True)
+class WindowWait:
+    """Studies that wait for a source whose extraction window is closed."""
+
+    source: str
+    studies: int
+    opens: dt.datetime  # in the source's timezone, as its windows are written
+
+
+def waiting_note(waits: list[WindowWait]) -> str:
+    """The sentence the progress artifact adds while studies wait for a window."""
+    if not waits:
+        return ""
+    parts = [
+        f"{w.studies} for source {w.source} (opens {w.opens:%a %d %b %H:%M} {w.opens.tzinfo})"
+        for w in waits
+    ]
+    return " Waiting for an extraction window: " + "; ".join(parts) + "."
+
+
 class Progress:
     """A progress artifact for one pull, updated from the ledger every few seconds."""
 
@@ -26,13 +48,13 @@ class Progress:
     ) -> None:
         self.ws, self.project, self.pull, self.total, self.every = ws, project, pull, total, every
         self._last = 0.0
-        self._id = create_progress_artifact(
-            progress=0.0,
-            description=f"Studies of project {project} finished in this pull (chunk {chunk}), "
-            f"of {total}.",
+        self._description = (
+            f"Studies of project {project} finished in this pull (chunk {chunk}), of {total}."
         )
+        self._id = create_progress_artifact(progress=0.0, description=self._description)
 
-    def update(self, force: bool = False) -> None:
+    def update(self, force: bool = False, waits: list[WindowWait] | None = None) -> None:
+        """Show the finished fraction, and which studies wait for a closed source."""
         now = time.monotonic()
         if not force and now - self._last < self.every:
             return
@@ -41,7 +63,11 @@ class Progress:
             counts = repo.pull_counts(session, self.project, self.pull)
         finished = sum(n for status, n in counts.items() if status in FINAL)
         percent = 100.0 * finished / self.total if self.total else 100.0
-        update_progress_artifact(self._id, progress=min(percent, 100.0))
+        update_progress_artifact(
+            self._id,
+            progress=min(percent, 100.0),
+            description=self._description + waiting_note(waits or []),
+        )
 
 
 def report(ws: Workspace, project: str, pull: str) -> dict[str, int]:

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from pacsflow.errors import ConfigError
+from pacsflow.windows import ExtractionWindows
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _AE_TITLE = r"^[ -~]{1,16}$"
@@ -75,6 +76,11 @@ class SourceConfig(_Frozen):
         default=[10.0, 60.0, 180.0],
         description="Seconds to wait before each retry when the source is down or fails; "
         "[] never retries within a run.",
+    )
+    windows: ExtractionWindows | None = Field(
+        default=None,
+        description="When the source may be queried (see pacsflow.windows); outside these "
+        "times its studies wait. None: at any time.",
     )
 
     @field_validator("retry_delays")
@@ -357,6 +363,13 @@ class ProjectConfig(_Frozen):
     key_secret: str | None = Field(
         default=None,
         description="Prefect Secret block with the pseudonymisation key; default <name>-key.",
+    )
+    max_wait_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Longest a run waits for a closed source's window to open. A window "
+        "further away ends the run with its studies still pending, for the next pull; "
+        "0 never waits.",
     )
 
     @property

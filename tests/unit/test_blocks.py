@@ -50,6 +50,7 @@ def test_source_block_round_trips_every_setting():
         timeout=12.5,
         retry_delays=[1, 2],
         max_images=500,
+        windows={"timezone": "Europe/London", "open": ["mon-fri 20:00-08:00"]},
     )
     assert DicomSource.from_config(config).to_config() == config
 
