@@ -320,6 +320,10 @@ class PixelPolicyConfig(_Frozen):
     )
 
 
+#: What to do when a manifest row does not name exactly one study (see pacsflow.dicom.matching).
+AmbiguityPolicy = Literal["none", "date_match", "all"]
+
+
 class ProjectConfig(_Frozen):
     """One research project: which sources to search, in order, and where to export."""
 
@@ -347,6 +351,13 @@ class ProjectConfig(_Frozen):
     key_secret: str | None = Field(
         default=None,
         description="Prefect Secret block with the pseudonymisation key; default <name>-key.",
+    )
+    ambiguity: AmbiguityPolicy = Field(
+        default="none",
+        description="When a row's MRN and accession match several studies, or the study "
+        "date differs from the manifest's: 'none' retrieves nothing and records the study "
+        "ambiguous; 'date_match' keeps the one match on the manifest's date (else "
+        "ambiguous); 'all' retrieves every match.",
     )
 
     @property

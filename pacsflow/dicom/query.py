@@ -8,6 +8,7 @@ clean "no match" may send a study on to the next source.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -54,11 +55,22 @@ class StudyQuery:
 
 @dataclass(frozen=True)
 class StudyMatch:
-    """A study the source holds. ``instances`` is None when the source does not say."""
+    """A study the source holds. ``instances`` and ``study_date`` are None when the
+    source does not say (or says something that is not a DICOM date)."""
 
     study_uid: str
     instances: int | None
     modalities: tuple[str, ...]
+    study_date: dt.date | None = None
+
+
+def _date_from(value: object) -> dt.date | None:
+    """A DA value (PS3.5 6.2: YYYYMMDD) as a date; None when empty or malformed."""
+    text = str(value or "").strip()
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _match_from(identifier: Dataset) -> StudyMatch | None:
@@ -73,6 +85,7 @@ def _match_from(identifier: Dataset) -> StudyMatch | None:
         study_uid=uid,
         instances=int(count) if count not in (None, "") else None,
         modalities=tuple(str(m) for m in modalities),
+        study_date=_date_from(identifier.get("StudyDate")),
     )
 
 

@@ -15,7 +15,9 @@ class StudyStatus(StrEnum):
 
     Final: ``exported``; ``not_found`` (no source holds it); ``excluded`` (the project's
     filters kept none of its series); ``quarantined`` (the PHI gate found identifiers in
-    the de-identified output, so nothing was exported: the profile needs fixing).
+    the de-identified output, so nothing was exported: the profile needs fixing);
+    ``ambiguous`` (a source holds several studies for the row, or one on another date,
+    and the project's ambiguity policy took none: the manifest row needs a study UID).
     ``failed`` studies are picked up again by the next run.
     """
 
@@ -25,6 +27,7 @@ class StudyStatus(StrEnum):
     NOT_FOUND = "not_found"
     EXCLUDED = "excluded"
     QUARANTINED = "quarantined"
+    AMBIGUOUS = "ambiguous"
     FAILED = "failed"
 
 
@@ -36,6 +39,7 @@ FINAL = (
     StudyStatus.NOT_FOUND,
     StudyStatus.EXCLUDED,
     StudyStatus.QUARANTINED,
+    StudyStatus.AMBIGUOUS,
     StudyStatus.FAILED,
 )
 

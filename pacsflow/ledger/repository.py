@@ -42,8 +42,13 @@ def pull_counts(session: Session, project: str, pull: str) -> dict[str, int]:
     return {str(status): n for status, n in session.execute(query)}
 
 
+#: Final statuses a person must look at: the study was not exported and will not be by itself.
+NEEDS_ATTENTION = (StudyStatus.FAILED, StudyStatus.QUARANTINED, StudyStatus.AMBIGUOUS)
+
+
 def pull_failures(session: Session, project: str, pull: str, limit: int = 200) -> list[tuple]:
-    """(ledger id, status, error type) of the pull's studies that did not export.
+    """(ledger id, status, error type) of the pull's studies that failed, were
+    quarantined or were ambiguous.
 
     Error types hold no identifiers (see pacsflow.failures), so they may be shown in Prefect.
     """
@@ -52,7 +57,7 @@ def pull_failures(session: Session, project: str, pull: str, limit: int = 200) -
         .where(
             Study.project == project,
             Study.pull == pull,
-            Study.status.in_([StudyStatus.FAILED.value, StudyStatus.QUARANTINED.value]),
+            Study.status.in_([s.value for s in NEEDS_ATTENTION]),
         )
         .order_by(Study.id)
         .limit(limit)
@@ -119,6 +124,23 @@ def mark_exported(session: Session, study_id: int, exported_instances: int) -> N
         exported_instances=exported_instances,
         exported_at=dt.datetime.now(dt.UTC),
         last_error=None,
+    )
+
+
+def mark_ambiguous(session: Session, study_id: int, source: str, reason: str) -> None:
+    """End the study ``ambiguous``: ``source`` holds it, but not as exactly one study.
+
+    ``reason`` comes from :func:`pacsflow.dicom.matching.choose`: counts and dates, no
+    identifiers. The study is not tried at another source (see ``pipeline.locate``).
+    """
+    update_study(
+        session,
+        study_id,
+        status=StudyStatus.AMBIGUOUS,
+        source=source,
+        found_study_uid=None,
+        last_error=reason,
+        error_type="ambiguous",
     )
 
 
@@ -217,14 +239,20 @@ def record_profile(session: Session, project: str, fingerprint: str) -> None:
 
 
 #: Final statuses a user may send back to the queue (exported never: it is done).
-REQUEUEABLE = (StudyStatus.NOT_FOUND, StudyStatus.EXCLUDED, StudyStatus.QUARANTINED)
+REQUEUEABLE = (
+    StudyStatus.NOT_FOUND,
+    StudyStatus.EXCLUDED,
+    StudyStatus.QUARANTINED,
+    StudyStatus.AMBIGUOUS,
+)
 
 
 def requeue(session: Session, project: str, status: StudyStatus) -> int:
     """Set the project's studies in ``status`` back to pending; returns how many.
 
     For a quarantined study after its profile was fixed, a not-found one that may since
-    have reached the PACS, or an excluded one after the filters changed.
+    have reached the PACS, an excluded one after the filters changed, or an ambiguous one
+    after the project's ambiguity policy changed.
     """
     if status not in REQUEUEABLE:
         raise ValueError(

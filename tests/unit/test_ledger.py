@@ -248,20 +248,26 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "not_found": 0,
         "excluded": 0,
         "quarantined": 0,
+        "ambiguous": 0,
         "failed": 0,
     }
     repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
-    first = all_studies(session)[0]
+    first, second, _third = all_studies(session)
     repo.mark_exported(session, first.id, 3)
+    repo.mark_ambiguous(session, second.id, "primary", "2 studies match")
     assert repo.status_counts(session, PROJECT) == {
-        "pending": 2,
+        "pending": 1,
         "retrieving": 0,
         "exported": 1,
         "not_found": 0,
         "excluded": 0,
         "quarantined": 0,
+        "ambiguous": 1,
         "failed": 0,
     }
+    assert repo.failures(session, PROJECT, (StudyStatus.AMBIGUOUS,)) == [
+        (second.id, "2 studies match")
+    ]
 
 
 def test_failures_list_reasons(session: Session) -> None:
