@@ -326,7 +326,7 @@ def test_a_requeued_study_is_processed_again_not_answered_from_the_cache(sandbox
             make_study(
                 mrn=row.mrn,
                 accession=row.accession_number,
-                study_date=dt.date(2020, 1, 1),
+                study_date=row.study_date,  # on the manifest's date: not ambiguous
                 patient_name="LATE^ARRIVAL",
                 birth_date=dt.date(1950, 1, 1),
                 sex="F",
@@ -373,3 +373,83 @@ def test_a_lost_ledger_update_is_mended_from_prefects_cache_not_fetched_again(sa
     assert {i: r.pseudo_study_uid for i, r in after.items()} == {
         i: r.pseudo_study_uid for i, r in before.items()
     }
+
+
+def test_ambiguous_rows_retrieve_nothing_until_the_policy_says_which(sandbox, prefect_api):
+    """Two studies under one row's accession: by default the row ends ``ambiguous`` at the
+    primary (not tried at the secondary, which holds one copy) and at the secondary for a
+    row the primary lacks; with ``date_match`` and a requeue, the study on the row's date
+    is exported, from the source that has the twins."""
+    import datetime as dt
+
+    from blocks.site import save_site
+    from flows.extract import extract_project
+    from pacsflow.ledger.models import StudyStatus
+    from pacsflow.sandbox import make_patients
+    from pacsflow.sandbox.synthetic import make_study
+
+    day = dt.date(2023, 6, 1)
+    at_primary, at_secondary = make_patients(2, seed=77)
+
+    def twins(patient, accession):
+        return [
+            make_study(
+                mrn=patient.mrn,
+                accession=accession,
+                study_date=study_date,
+                patient_name=patient.name,
+                birth_date=patient.birth_date,
+                sex=patient.sex,
+                n_series=1,
+                n_instances=n,
+                seed=seed,
+            )
+            for seed, study_date, n in ((1, day, 2), (2, day + dt.timedelta(days=3), 1))
+        ]
+
+    primary_twins = twins(at_primary, "AMB000001")
+    secondary_twins = twins(at_secondary, "AMB000002")
+    for study in primary_twins:
+        sandbox.primary.add_datasets(study)
+    sandbox.secondary.add_datasets(primary_twins[0])  # a fall-through would export this
+    for study in secondary_twins:
+        sandbox.secondary.add_datasets(study)
+    with sandbox.manifest_path.open("a") as manifest:
+        for patient, accession in ((at_primary, "AMB000001"), (at_secondary, "AMB000002")):
+            manifest.write(f"{patient.mrn},{accession},{day.isoformat()}\n")
+
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    run = {"project": str(sandbox.project_path), "manifest": str(sandbox.manifest_path)}
+    first = extract_project(**run, return_state=True)
+    assert first.is_completed(), first.message
+    assert first.result()["ambiguous"] == 2
+    assert first.result()["exported"] == 8 - sandbox.expected["neither"]
+
+    sessions = session_factory(make_engine(site.ledger))
+    with sessions() as session:
+        rows = {r.accession_number: r for r in session.query(Study).all()}
+    for accession, source in (("AMB000001", "primary"), ("AMB000002", "secondary")):
+        row = rows[accession]
+        assert (row.status, row.source, row.error_type) == ("ambiguous", source, "ambiguous")
+        assert row.last_error.startswith("2 studies match (dated 2023-06-01, 2023-06-04;")
+        assert row.found_study_uid is None and row.exported_instances is None
+
+    project = yaml.safe_load(sandbox.project_path.read_text())
+    project["ambiguity"] = "date_match"
+    sandbox.project_path.write_text(yaml.safe_dump(project))
+    with sessions() as session:
+        assert repo.requeue(session, "sandbox-demo", StudyStatus.AMBIGUOUS) == 2
+    second = extract_project(**run, return_state=True)
+    assert second.is_completed(), second.message
+    assert second.result()["ambiguous"] == 0
+    with sessions() as session:
+        rows = {r.accession_number: r for r in session.query(Study).all()}
+    for accession, source, on_date in (
+        ("AMB000001", "primary", primary_twins[0]),
+        ("AMB000002", "secondary", secondary_twins[0]),
+    ):
+        row = rows[accession]
+        assert (row.status, row.source) == ("exported", source)
+        assert row.found_study_uid == on_date[0].StudyInstanceUID
+        assert row.exported_instances == 2  # the twin on the row's date, not the other one
