@@ -392,13 +392,14 @@ def test_ambiguous_rows_retrieve_nothing_until_the_policy_says_which(sandbox, pr
     at_primary, at_secondary = make_patients(2, seed=77)
 
     def twins(patient, accession):
+        """On the row's date with 2 instances, and 3 days later with 1."""
+        person = {"patient_name": patient.name, "birth_date": patient.birth_date}
         return [
             make_study(
                 mrn=patient.mrn,
                 accession=accession,
                 study_date=study_date,
-                patient_name=patient.name,
-                birth_date=patient.birth_date,
+                **person,
                 sex=patient.sex,
                 n_series=1,
                 n_instances=n,
