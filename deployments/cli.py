@@ -39,7 +39,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-DONE = ("exported", "not_found", "excluded", "quarantined", "ambiguous", "failed")
+DONE = ("exported", "not_found", "excluded", "quarantined", "ambiguous", "expanded", "failed")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site configuration file.")]
 

@@ -117,7 +117,8 @@ def retrieval_lane(
 
     Carries the tag ``source:<name>`` (set by the dispatcher), so it runs only while it
     holds one of the source's slots. Returns counts: staged, passed on, not found,
-    ambiguous, deferred (a transient error: tried again after the source's retry delay), failed.
+    ambiguous, expanded, deferred (a transient error: tried again after the source's
+    retry delay), failed.
     """
     ws = workspace(site)
     ws.leases  # noqa: B018 - start renewing this process's claims
@@ -162,6 +163,9 @@ def _retrieve(
                 logger.warning(
                     "study %s at %s is ambiguous; `pacsflow status` says why", study.id, source_name
                 )
+                continue
+            if located == pipeline.Located.EXPANDED:  # its studies wait for this source
+                counts["expanded"] += 1
                 continue
             if located == pipeline.Located.NOT_FOUND:
                 with ws.sessions() as session:

@@ -83,6 +83,7 @@ class Located(StrEnum):
     FOUND = "found"  #: one study to retrieve from this source
     NOT_FOUND = "not_found"  #: not there: the next source may have it
     AMBIGUOUS = "ambiguous"  #: there, but not as exactly one study: ended, nothing retrieved
+    EXPANDED = "expanded"  #: several studies, each now a ledger row of its own (policy all)
 
 
 def locate(
@@ -95,6 +96,8 @@ def locate(
     """C-FIND the study at one source, decide with the project's ambiguity ``policy``
     (:func:`pacsflow.dicom.matching.choose`) and record the outcome in the ledger.
 
+    Several studies taken (policy ``all``) become rows of their own that wait for this
+    source (:func:`pacsflow.ledger.repository.expand`); this row ends ``expanded``.
     An ambiguous study ends ``ambiguous`` here and is not asked of the next source: the
     primary holds it, only which study is meant is unclear, and a secondary answering
     with one match would not make the row any clearer; it would hide the question (and
@@ -113,8 +116,10 @@ def locate(
         with ws.sessions() as session:
             repo.mark_ambiguous(session, study_id, source_name, choice.reason)
         return Located.AMBIGUOUS
-    if len(choice.studies) > 1:
-        raise PermanentError("ambiguity policy 'all' is not supported yet")
+    if len(choice.studies) > 1:  # policy all: each study is retrieved as its own row
+        with ws.sessions() as session:
+            repo.expand(session, study_id, source_name, [m.study_uid for m in choice.studies])
+        return Located.EXPANDED
     [match] = choice.studies
     with ws.sessions() as session:
         repo.update_study(

@@ -144,6 +144,54 @@ def mark_ambiguous(session: Session, study_id: int, source: str, reason: str) ->
     )
 
 
+def expand(session: Session, study_id: int, source: str, study_uids: list[str]) -> int:
+    """Turn one manifest row into one row per study it matched (ambiguity policy ``all``).
+
+    Why rows, not a list on the one row: everything that follows a study (its claim and
+    lease, found UID, instance counts, pseudonyms, export record and the Prefect cache
+    key on its ``ref``) is per study, so each matched study gets its own row and the rest
+    of pacsflow needs no change. A new row copies the manifest row's identifiers and date,
+    gets its ``study_uid`` (unique per project, so a rerun or a later manifest naming the
+    study by UID never adds it twice), waits for the same ``source``'s lanes, and points
+    back with ``expanded_from``. The manifest row ends ``expanded``, in the same
+    transaction, so a killed run leaves either no new rows or all of them. Returns how
+    many rows were added (a study the project already has is not added again).
+    """
+    parent = get_study(session, study_id)
+    known = set(
+        session.scalars(
+            select(Study.study_uid).where(
+                Study.project == parent.project, Study.study_uid.in_(study_uids)
+            )
+        )
+    )
+    added = [uid for uid in dict.fromkeys(study_uids) if uid not in known]
+    for uid in added:
+        session.add(
+            Study(
+                project=parent.project,
+                mrn=parent.mrn,
+                accession_number=parent.accession_number,
+                study_date=parent.study_date,
+                study_uid=uid,
+                participant_id=parent.participant_id,
+                procedure_id=parent.procedure_id,
+                expanded_from=parent.id,
+                source_index=parent.source_index,
+            )
+        )
+    parent.status = StudyStatus.EXPANDED
+    parent.source = source
+    parent.last_error = (
+        f"{len(study_uids)} studies match; policy all retrieves each as its own row "
+        f"({len(added)} added)"
+    )
+    parent.error_type = None
+    parent.claimed_by = parent.claim_expires = None
+    session.commit()
+    return len(added)
+
+
 def mark_failed(
     session: Session, study_id: int, reason: str, error_type: str | None = None
 ) -> None:

@@ -63,7 +63,7 @@ def test_migrate_creates_folder_and_is_safe_twice(tmp_path: Path) -> None:
         tables = set(inspect(engine).get_table_names())
         assert tables == {"studies", "projects", "alembic_version"}
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0003"
+            assert MigrationContext.configure(connection).get_current_revision() == "0004"
     finally:
         engine.dispose()
 
@@ -249,6 +249,7 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "excluded": 0,
         "quarantined": 0,
         "ambiguous": 0,
+        "expanded": 0,
         "failed": 0,
     }
     repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
@@ -263,6 +264,7 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "excluded": 0,
         "quarantined": 0,
         "ambiguous": 1,
+        "expanded": 0,
         "failed": 0,
     }
     assert repo.failures(session, PROJECT, (StudyStatus.AMBIGUOUS,)) == [
@@ -364,3 +366,28 @@ def test_requeue_sends_final_studies_back_but_never_exported_ones(session: Sessi
     assert repo.requeue(session, PROJECT, StudyStatus.QUARANTINED) == 0
     with pytest.raises(ValueError, match="'exported' cannot be re-queued"):
         repo.requeue(session, PROJECT, StudyStatus.EXPORTED)
+
+
+def test_expanded_rows_share_the_manifest_rows_accession_but_not_its_uniqueness(
+    session: Session,
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    [parent] = all_studies(session)
+    assert repo.expand(session, parent.id, "primary", ["1.2.3.1", "1.2.3.2", "1.2.3.1"]) == 2
+    children = all_studies(session)[1:]
+    assert [(c.mrn, c.accession_number, c.study_uid) for c in children] == [
+        ("MRN0001", "ACC0001", "1.2.3.1"),
+        ("MRN0001", "ACC0001", "1.2.3.2"),
+    ]
+    assert parent.status == StudyStatus.EXPANDED and parent.claimed_by is None
+    # The database still refuses a second manifest row for the MRN and accession ...
+    session.add(Study(project=PROJECT, mrn="MRN0001", accession_number="ACC0001"))
+    with pytest.raises(IntegrityError, match="failed: studies.project, studies.mrn"):
+        session.commit()
+    session.rollback()
+    # ... and a second row for a study UID, expanded or not.
+    session.add(Study(project=PROJECT, study_uid="1.2.3.2", expanded_from=parent.id))
+    with pytest.raises(IntegrityError, match="UNIQUE constraint failed: studies.project"):
+        session.commit()

@@ -33,6 +33,7 @@ from pacsflow.dicom.receiver import stop_process_receiver
 from pacsflow.errors import RetriableError, SourceUnavailable
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
+from pacsflow.ledger.models import Study
 from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import (
     Located,
@@ -317,6 +318,56 @@ def test_an_ambiguous_study_can_be_requeued_after_the_policy_changed(ws: Workspa
     with ws.sessions() as session:
         assert repo.requeue(session, PROJECT.name, StudyStatus.AMBIGUOUS) == 1
     assert locate(ws, study_id, "primary", policy="date_match") == Located.FOUND
+
+
+def rows_of(ws: Workspace):
+    with ws.sessions() as session:
+        return session.query(Study).order_by(Study.id).all()
+
+
+def test_all_retrieves_every_twin_each_as_its_own_row(ws: Workspace) -> None:
+    study_id = add_study(ws, DATED_TWINS[0])
+    assert locate(ws, study_id, "primary", policy="all") == Located.EXPANDED
+    parent, *children = rows_of(ws)
+    assert (parent.id, parent.status, parent.source) == (study_id, "expanded", "primary")
+    assert (
+        parent.last_error == "2 studies match; policy all retrieves each as its own row (2 added)"
+    )
+    assert {c.study_uid for c in children} == {t[0].StudyInstanceUID for t in DATED_TWINS}
+    for child in children:
+        assert (child.status, child.expanded_from, child.source_index) == ("pending", study_id, 0)
+        assert (child.mrn, child.accession_number) == (parent.mrn, parent.accession_number)
+        assert child.study_date == parent.study_date and child.ref != parent.ref
+    with ws.sessions() as session:  # the children are the work now, the manifest row is not
+        todo = [i for i, _ in repo.studies_to_process(session, PROJECT.name)]
+    assert todo == [c.id for c in children]
+
+    for child, twin in zip(children, DATED_TWINS, strict=True):
+        begin(ws, child.id)
+        assert locate(ws, child.id, "primary", policy="all") == Located.FOUND
+        assert fetch(ws, child.id, "primary") == len(twin)
+        assert deidentify_and_export(ws, child.id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
+    assert [r.status for r in rows_of(ws)] == ["expanded", "exported", "exported"]
+
+
+def test_expanding_again_or_a_later_manifest_adds_no_second_row(ws: Workspace) -> None:
+    study_id = add_study(ws, DATED_TWINS[0])
+    assert locate(ws, study_id, "primary", policy="all") == Located.EXPANDED
+    assert locate(ws, study_id, "primary", policy="all") == Located.EXPANDED  # a rerun
+    assert "(0 added)" in ledger_row(ws, study_id).last_error
+    first = DATED_TWINS[0][0]
+    again = [
+        ManifestRow(
+            row=1,
+            study_date=DATE,
+            mrn=str(first.PatientID),
+            accession_number=str(first.AccessionNumber),
+        ),
+        ManifestRow(row=2, study_date=NEXT_DAY, study_uid=str(DATED_TWINS[1][0].StudyInstanceUID)),
+    ]
+    with ws.sessions() as session:
+        assert repo.ingest_manifest(session, PROJECT.name, again).added == 0
+    assert len(rows_of(ws)) == 3
 
 
 def test_a_study_uid_picks_one_of_the_twins(ws: Workspace) -> None:
