@@ -1,7 +1,8 @@
 """Study-level C-FIND against one source (PS3.4 Annex C, Study Root model).
 
 The outcome is a value: a list of matches, empty when the source answered and has no
-such study. A source that cannot be reached, aborts, times out or answers with a
+such study; which of several matches a manifest row wants is decided in
+:mod:`pacsflow.dicom.matching`. A source that cannot be reached, aborts, times out or answers with a
 failure status raises :class:`~pacsflow.errors.SourceUnavailable`, because only a
 clean "no match" may send a study on to the next source.
 """
@@ -18,7 +19,7 @@ from pynetdicom.status import code_to_category
 
 from pacsflow.config import SourceConfig
 from pacsflow.dicom.association import SourceAssociation
-from pacsflow.errors import PermanentError, SourceUnavailable
+from pacsflow.errors import SourceUnavailable
 
 LOGGER = logging.getLogger(__name__)
 
@@ -129,19 +130,3 @@ def find_studies(
         association.discard()
         raise
     return matches
-
-
-def find_study(
-    source: SourceConfig,
-    calling_ae: str,
-    query: StudyQuery,
-    association: SourceAssociation | None = None,
-) -> StudyMatch | None:
-    """The one study ``query`` names, or None; several matches is an error with the fix."""
-    matches = {m.study_uid: m for m in find_studies(source, calling_ae, query, association)}
-    if len(matches) > 1:
-        raise PermanentError(
-            f"{len(matches)} studies at source {source.ae_title} match this accession number; "
-            "add the study_uid column to the manifest row to say which one is wanted"
-        )
-    return next(iter(matches.values()), None)

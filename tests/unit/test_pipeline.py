@@ -28,7 +28,7 @@ from pacsflow.config import (
 from pacsflow.deid.profile import build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
-from pacsflow.dicom.query import StudyQuery, find_study
+from pacsflow.dicom.query import StudyQuery, find_studies
 from pacsflow.dicom.receiver import stop_process_receiver
 from pacsflow.errors import RetriableError, SourceUnavailable
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
@@ -509,15 +509,15 @@ def test_record_not_found(ws: Workspace) -> None:
 # -- unreachable sources ---------------------------------------------------------------
 
 
-def test_find_study_with_nothing_listening_is_unavailable_and_quick() -> None:
+def test_find_studies_with_nothing_listening_is_unavailable_and_quick() -> None:
     source = SourceConfig(ae_title="GONE", host="127.0.0.1", port=free_port(), timeout=1)
     start = time.monotonic()
     with pytest.raises(SourceUnavailable, match=r"source GONE@127\.0\.0\.1:\d+ refused or did not"):
-        find_study(source, "PACSFLOW", StudyQuery(mrn="MRN1", accession_number="ACC1"))
+        find_studies(source, "PACSFLOW", StudyQuery(mrn="MRN1", accession_number="ACC1"))
     assert time.monotonic() - start < 3
 
 
-def test_find_study_with_a_silent_peer_times_out() -> None:
+def test_find_studies_with_a_silent_peer_times_out() -> None:
     # The port accepts TCP connections (kernel backlog) but never speaks DICOM.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -526,5 +526,5 @@ def test_find_study_with_a_silent_peer_times_out() -> None:
         source = SourceConfig(ae_title="MUTE", host="127.0.0.1", port=port, timeout=0.5)
         start = time.monotonic()
         with pytest.raises(SourceUnavailable, match="refused or did not answer"):
-            find_study(source, "PACSFLOW", StudyQuery(study_uid="1.2.3"))
+            find_studies(source, "PACSFLOW", StudyQuery(study_uid="1.2.3"))
         assert time.monotonic() - start < 3
