@@ -40,7 +40,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-DONE = ("exported", "not_found", "excluded", "quarantined", "failed")
+DONE = ("exported", "not_found", "excluded", "quarantined", "ambiguous", "expanded", "failed")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site configuration file.")]
 
@@ -208,7 +208,7 @@ def run_extract(
         console.print(f"Exported studies are under {Path(dest.path).resolve() / project.name}")
     else:
         console.print(f"Exported studies went to destination {project.destination} ({dest.type})")
-    if any(counts[s] for s in ("failed", "quarantined", "pending", "retrieving")):
+    if any(counts[s] for s in ("failed", "quarantined", "ambiguous", "pending", "retrieving")):
         console.print("Some studies did not finish; `pacsflow status` shows why.")
         return 1
     return 0
@@ -236,7 +236,7 @@ def extract(
     ] = False,
 ) -> None:
     """Extract a project's manifest: exit 0 if all ended exported, not found or excluded,
-    1 if any failed or was quarantined, 2 on invalid input."""
+    1 if any failed, was quarantined or was ambiguous, 2 on invalid input."""
     site, proj, rows = _load_inputs(config, project, manifest)
     console.print(f"Manifest is valid: {rows} studies.")
     _connect(verbose)
@@ -251,8 +251,8 @@ def status(
     config: ConfigOption = Path("pacsflow.yaml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts per status, and why studies failed, were quarantined or excluded (by ledger
-    id; the study's identifiers are masked)."""
+    """Counts per status, and why studies failed, were quarantined, ambiguous or excluded
+    (by ledger id; the study's identifiers are masked)."""
     try:
         site = load_site_config(config)
     except ConfigError as exc:
@@ -262,7 +262,7 @@ def status(
     with sessions() as session:
         reasons = {
             status.value: repo.failures(session, project, (status,))
-            for status in (StudyStatus.FAILED, StudyStatus.QUARANTINED, StudyStatus.EXCLUDED)
+            for status in (*repo.NEEDS_ATTENTION, StudyStatus.EXCLUDED)
         }
     if as_json:
         print(
@@ -294,10 +294,11 @@ def status(
 @app.command()
 def requeue(
     project: Annotated[str, typer.Option(help="Project slug.")],
-    status: Annotated[str, typer.Option(help="not_found, excluded or quarantined.")],
+    status: Annotated[str, typer.Option(help="not_found, excluded, quarantined or ambiguous.")],
     config: ConfigOption = Path("pacsflow.yaml"),
 ) -> None:
-    """Send a project's not-found, excluded or quarantined studies back to the queue."""
+    """Send a project's not-found, excluded, quarantined or ambiguous studies back to the
+    queue."""
     try:
         site = load_site_config(config)
         wanted = StudyStatus(status)

@@ -120,7 +120,8 @@ def retrieval_lane(
 
     Carries the tag ``source:<name>`` (set by the dispatcher), so it runs only while it
     holds one of the source's slots. Returns counts: staged, passed on, not found,
-    deferred (a transient error: tried again after the source's retry delay), failed.
+    ambiguous, expanded, deferred (a transient error: tried again after the source's
+    retry delay), failed.
     """
     ws = workspace(site)
     counts: Counter[str] = Counter()
@@ -167,7 +168,17 @@ def _retrieve(
             continue
         step = "find"
         try:
-            if not pipeline.locate(ws, study.id, source_name, association):
+            located = pipeline.locate(ws, study.id, source_name, association, project.ambiguity)
+            if located == pipeline.Located.AMBIGUOUS:  # ended; never passed to the next source
+                counts["ambiguous"] += 1
+                logger.warning(
+                    "study %s at %s is ambiguous; `pacsflow status` says why", study.id, source_name
+                )
+                continue
+            if located == pipeline.Located.EXPANDED:  # its studies wait for this source
+                counts["expanded"] += 1
+                continue
+            if located == pipeline.Located.NOT_FOUND:
                 with ws.sessions() as session:
                     status = claims.pass_on(session, study.id, ws.owner, len(project.sources))
                 counts["not_found" if status == "not_found" else "passed_on"] += 1

@@ -336,6 +336,10 @@ class PixelPolicyConfig(_Frozen):
     )
 
 
+#: What to do when a manifest row does not name exactly one study (see pacsflow.dicom.matching).
+AmbiguityPolicy = Literal["none", "date_match", "all"]
+
+
 class ProjectConfig(_Frozen):
     """One research project: which sources to search, in order, and where to export."""
 
@@ -370,6 +374,13 @@ class ProjectConfig(_Frozen):
         description="Longest a run waits for a closed source's window to open. A window "
         "further away ends the run with its studies still pending, for the next pull; "
         "0 never waits.",
+    )
+    ambiguity: AmbiguityPolicy = Field(
+        default="none",
+        description="When a row's MRN and accession match several studies, or the study "
+        "date differs from the manifest's: 'none' retrieves nothing and records the study "
+        "ambiguous; 'date_match' keeps the one match on the manifest's date (else "
+        "ambiguous); 'all' retrieves every match.",
     )
 
     @property

@@ -10,21 +10,23 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
 import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
-from pacsflow.config import ProjectConfig, RetrieveMethod, SiteConfig
+from pacsflow.config import AmbiguityPolicy, ProjectConfig, RetrieveMethod, SiteConfig
 from pacsflow.deid.pixels import PixelPolicy, PixelVerdict, inspect_instance
 from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.deid.study import deidentify_study
 from pacsflow.dicom import routes, storage
 from pacsflow.dicom.association import SourceAssociation
+from pacsflow.dicom.matching import choose
 from pacsflow.dicom.peers import AllowedPeers, allowed_peers
-from pacsflow.dicom.query import StudyQuery, find_study
+from pacsflow.dicom.query import StudyQuery, find_studies
 from pacsflow.dicom.receiver import process_receiver
 from pacsflow.dicom.retrieve import get_study, move_study
 from pacsflow.errors import PermanentError, RetriableError
@@ -82,20 +84,50 @@ def begin(ws: Workspace, study_id: int) -> bool:
     return True
 
 
-def locate(
-    ws: Workspace, study_id: int, source_name: str, association: SourceAssociation | None = None
-) -> bool:
-    """C-FIND the study at one source; record what was found. True when it is there.
+class Located(StrEnum):
+    """What a source said about a study (see :func:`locate`)."""
 
-    ``association``: a lane's open association to the source, reused; else a new one.
+    FOUND = "found"  #: one study to retrieve from this source
+    NOT_FOUND = "not_found"  #: not there: the next source may have it
+    AMBIGUOUS = "ambiguous"  #: there, but not as exactly one study: ended, nothing retrieved
+    EXPANDED = "expanded"  #: several studies, each now a ledger row of its own (policy all)
+
+
+def locate(
+    ws: Workspace,
+    study_id: int,
+    source_name: str,
+    association: SourceAssociation | None = None,
+    policy: AmbiguityPolicy = "none",
+) -> Located:
+    """C-FIND the study at one source, decide with the project's ambiguity ``policy``
+    (:func:`pacsflow.dicom.matching.choose`) and record the outcome in the ledger.
+
+    Several studies taken (policy ``all``) become rows of their own that wait for this
+    source (:func:`pacsflow.ledger.repository.expand`); this row ends ``expanded``.
+    An ambiguous study ends ``ambiguous`` here and is not asked of the next source: the
+    primary holds it, only which study is meant is unclear, and a secondary answering
+    with one match would not make the row any clearer; it would hide the question (and
+    retrieve from a slower source what the primary has). ``association``: a lane's open
+    association to the source, reused; else a new one.
     """
     source = ws.site.sources[source_name]
     with ws.sessions() as session:
         study = repo.get_study(session, study_id)
         query = StudyQuery(study.study_uid, study.mrn, study.accession_number)
-    match = find_study(source, ws.calling_ae, query, association)
-    if match is None:
-        return False
+        manifest_date = study.study_date
+    choice = choose(find_studies(source, ws.calling_ae, query, association), manifest_date, policy)
+    if choice.not_found:
+        return Located.NOT_FOUND
+    if choice.ambiguous:
+        with ws.sessions() as session:
+            repo.mark_ambiguous(session, study_id, source_name, choice.reason)
+        return Located.AMBIGUOUS
+    if len(choice.studies) > 1:  # policy all: each study is retrieved as its own row
+        with ws.sessions() as session:
+            repo.expand(session, study_id, source_name, [m.study_uid for m in choice.studies])
+        return Located.EXPANDED
+    [match] = choice.studies
     with ws.sessions() as session:
         repo.update_study(
             session,
@@ -104,7 +136,7 @@ def locate(
             found_study_uid=match.study_uid,
             expected_instances=match.instances,
         )
-    return True
+    return Located.FOUND
 
 
 def expected_instances(ws: Workspace, study_id: int) -> int | None:

@@ -1,13 +1,15 @@
 """Study-level C-FIND against one source (PS3.4 Annex C, Study Root model).
 
 The outcome is a value: a list of matches, empty when the source answered and has no
-such study. A source that cannot be reached, aborts, times out or answers with a
+such study; which of several matches a manifest row wants is decided in
+:mod:`pacsflow.dicom.matching`. A source that cannot be reached, aborts, times out or answers with a
 failure status raises :class:`~pacsflow.errors.SourceUnavailable`, because only a
 clean "no match" may send a study on to the next source.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ from pynetdicom.status import code_to_category
 
 from pacsflow.config import SourceConfig
 from pacsflow.dicom.association import SourceAssociation
-from pacsflow.errors import PermanentError, SourceUnavailable
+from pacsflow.errors import SourceUnavailable
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,11 +56,22 @@ class StudyQuery:
 
 @dataclass(frozen=True)
 class StudyMatch:
-    """A study the source holds. ``instances`` is None when the source does not say."""
+    """A study the source holds. ``instances`` and ``study_date`` are None when the
+    source does not say (or says something that is not a DICOM date)."""
 
     study_uid: str
     instances: int | None
     modalities: tuple[str, ...]
+    study_date: dt.date | None = None
+
+
+def _date_from(value: object) -> dt.date | None:
+    """A DA value (PS3.5 6.2: YYYYMMDD) as a date; None when empty or malformed."""
+    text = str(value or "").strip()
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _match_from(identifier: Dataset) -> StudyMatch | None:
@@ -73,6 +86,7 @@ def _match_from(identifier: Dataset) -> StudyMatch | None:
         study_uid=uid,
         instances=int(count) if count not in (None, "") else None,
         modalities=tuple(str(m) for m in modalities),
+        study_date=_date_from(identifier.get("StudyDate")),
     )
 
 
@@ -116,19 +130,3 @@ def find_studies(
         association.discard()
         raise
     return matches
-
-
-def find_study(
-    source: SourceConfig,
-    calling_ae: str,
-    query: StudyQuery,
-    association: SourceAssociation | None = None,
-) -> StudyMatch | None:
-    """The one study ``query`` names, or None; several matches is an error with the fix."""
-    matches = {m.study_uid: m for m in find_studies(source, calling_ae, query, association)}
-    if len(matches) > 1:
-        raise PermanentError(
-            f"{len(matches)} studies at source {source.ae_title} match this accession number; "
-            "add the study_uid column to the manifest row to say which one is wanted"
-        )
-    return next(iter(matches.values()), None)

@@ -6,7 +6,18 @@ import datetime as dt
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import Date, DateTime, Index, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -15,7 +26,11 @@ class StudyStatus(StrEnum):
 
     Final: ``exported``; ``not_found`` (no source holds it); ``excluded`` (the project's
     filters kept none of its series); ``quarantined`` (the PHI gate found identifiers in
-    the de-identified output, so nothing was exported: the profile needs fixing).
+    the de-identified output, so nothing was exported: the profile needs fixing);
+    ``ambiguous`` (a source holds several studies for the row, or one on another date,
+    and the project's ambiguity policy took none: the manifest row needs a study UID);
+    ``expanded`` (the policy ``all`` took every match: each became a row of its own,
+    see :func:`pacsflow.ledger.repository.expand`).
     ``failed`` studies are picked up again by the next run.
     """
 
@@ -25,6 +40,8 @@ class StudyStatus(StrEnum):
     NOT_FOUND = "not_found"
     EXCLUDED = "excluded"
     QUARANTINED = "quarantined"
+    AMBIGUOUS = "ambiguous"
+    EXPANDED = "expanded"
     FAILED = "failed"
 
 
@@ -36,6 +53,8 @@ FINAL = (
     StudyStatus.NOT_FOUND,
     StudyStatus.EXCLUDED,
     StudyStatus.QUARANTINED,
+    StudyStatus.AMBIGUOUS,
+    StudyStatus.EXPANDED,
     StudyStatus.FAILED,
 )
 
@@ -53,7 +72,17 @@ class Study(Base):
 
     __tablename__ = "studies"
     __table_args__ = (
-        UniqueConstraint("project", "mrn", "accession_number", name="uq_study_project_accession"),
+        # One manifest row per MRN and accession; the rows a row was expanded into share
+        # them (each is told apart by its study UID), so they are left out of this one.
+        Index(
+            "uq_study_project_accession",
+            "project",
+            "mrn",
+            "accession_number",
+            unique=True,
+            sqlite_where=text("expanded_from IS NULL"),
+            postgresql_where=text("expanded_from IS NULL"),
+        ),
         UniqueConstraint("project", "study_uid", name="uq_study_project_uid"),
         UniqueConstraint("ref", name="uq_study_ref"),
         Index("ix_studies_claimable", "project", "source_index", "status"),
@@ -71,6 +100,11 @@ class Study(Base):
     study_uid: Mapped[str | None] = mapped_column(String(64))
     participant_id: Mapped[str | None] = mapped_column(String(64))
     procedure_id: Mapped[str | None] = mapped_column(String(64))
+    #: The row this one was expanded from (ambiguity policy ``all``); None for a
+    #: manifest's own row.
+    expanded_from: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id", name="fk_study_expanded_from")
+    )
 
     # Progress.
     status: Mapped[StudyStatus] = mapped_column(String(16), default=StudyStatus.PENDING, index=True)

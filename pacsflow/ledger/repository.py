@@ -43,8 +43,13 @@ def pull_counts(session: Session, project: str, pull: str) -> dict[str, int]:
     return {str(status): n for status, n in session.execute(query)}
 
 
+#: Final statuses a person must look at: the study was not exported and will not be by itself.
+NEEDS_ATTENTION = (StudyStatus.FAILED, StudyStatus.QUARANTINED, StudyStatus.AMBIGUOUS)
+
+
 def pull_failures(session: Session, project: str, pull: str, limit: int = 200) -> list[tuple]:
-    """(ledger id, status, error type) of the pull's studies that did not export.
+    """(ledger id, status, error type) of the pull's studies that failed, were
+    quarantined or were ambiguous.
 
     Error types hold no identifiers (see pacsflow.failures), so they may be shown in Prefect.
     """
@@ -53,7 +58,7 @@ def pull_failures(session: Session, project: str, pull: str, limit: int = 200) -
         .where(
             Study.project == project,
             Study.pull == pull,
-            Study.status.in_([StudyStatus.FAILED.value, StudyStatus.QUARANTINED.value]),
+            Study.status.in_([s.value for s in NEEDS_ATTENTION]),
         )
         .order_by(Study.id)
         .limit(limit)
@@ -121,6 +126,71 @@ def mark_exported(session: Session, study_id: int, exported_instances: int) -> N
         exported_at=dt.datetime.now(dt.UTC),
         last_error=None,
     )
+
+
+def mark_ambiguous(session: Session, study_id: int, source: str, reason: str) -> None:
+    """End the study ``ambiguous``: ``source`` holds it, but not as exactly one study.
+
+    ``reason`` comes from :func:`pacsflow.dicom.matching.choose`: counts and dates, no
+    identifiers. The study is not tried at another source (see ``pipeline.locate``).
+    """
+    update_study(
+        session,
+        study_id,
+        status=StudyStatus.AMBIGUOUS,
+        source=source,
+        found_study_uid=None,
+        last_error=reason,
+        error_type="ambiguous",
+    )
+
+
+def expand(session: Session, study_id: int, source: str, study_uids: list[str]) -> int:
+    """Turn one manifest row into one row per study it matched (ambiguity policy ``all``).
+
+    Why rows, not a list on the one row: everything that follows a study (its claim and
+    lease, found UID, instance counts, pseudonyms, export record and the Prefect cache
+    key on its ``ref``) is per study, so each matched study gets its own row and the rest
+    of pacsflow needs no change. A new row copies the manifest row's identifiers and date,
+    gets its ``study_uid`` (unique per project, so a rerun or a later manifest naming the
+    study by UID never adds it twice), waits for the same ``source``'s lanes, and points
+    back with ``expanded_from``. The manifest row ends ``expanded``, in the same
+    transaction, so a killed run leaves either no new rows or all of them. Returns how
+    many rows were added (a study the project already has is not added again).
+    """
+    parent = get_study(session, study_id)
+    known = set(
+        session.scalars(
+            select(Study.study_uid).where(
+                Study.project == parent.project, Study.study_uid.in_(study_uids)
+            )
+        )
+    )
+    added = [uid for uid in dict.fromkeys(study_uids) if uid not in known]
+    for uid in added:
+        session.add(
+            Study(
+                project=parent.project,
+                mrn=parent.mrn,
+                accession_number=parent.accession_number,
+                study_date=parent.study_date,
+                study_uid=uid,
+                participant_id=parent.participant_id,
+                procedure_id=parent.procedure_id,
+                expanded_from=parent.id,
+                source_index=parent.source_index,
+            )
+        )
+    parent.status = StudyStatus.EXPANDED
+    parent.source = source
+    parent.last_error = (
+        f"{len(study_uids)} studies match; policy all retrieves each as its own row "
+        f"({len(added)} added)"
+    )
+    parent.error_type = None
+    parent.claimed_by = parent.claim_expires = None
+    session.commit()
+    return len(added)
 
 
 def mark_failed(
@@ -230,14 +300,20 @@ def _project_row(session: Session, project: str) -> Project:
 
 
 #: Final statuses a user may send back to the queue (exported never: it is done).
-REQUEUEABLE = (StudyStatus.NOT_FOUND, StudyStatus.EXCLUDED, StudyStatus.QUARANTINED)
+REQUEUEABLE = (
+    StudyStatus.NOT_FOUND,
+    StudyStatus.EXCLUDED,
+    StudyStatus.QUARANTINED,
+    StudyStatus.AMBIGUOUS,
+)
 
 
 def requeue(session: Session, project: str, status: StudyStatus) -> int:
     """Set the project's studies in ``status`` back to pending; returns how many.
 
     For a quarantined study after its profile was fixed, a not-found one that may since
-    have reached the PACS, or an excluded one after the filters changed.
+    have reached the PACS, an excluded one after the filters changed, or an ambiguous one
+    after the project's ambiguity policy changed.
     """
     if status not in REQUEUEABLE:
         raise ValueError(

@@ -6,6 +6,7 @@ pynetdicom PACS of our own, which can be taken offline on demand.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import sqlite3
@@ -304,8 +305,6 @@ def test_a_library_error_quoting_patient_data_stays_out_of_prefect(
 
 def test_a_requeued_study_is_processed_again_not_answered_from_the_cache(sandbox, prefect_api):
     """Not found today, in the PACS tomorrow: requeue it and the next run exports it."""
-    import datetime as dt
-
     from blocks.site import save_site
     from flows.extract import extract_project
     from pacsflow.ledger.models import StudyStatus
@@ -326,7 +325,7 @@ def test_a_requeued_study_is_processed_again_not_answered_from_the_cache(sandbox
             make_study(
                 mrn=row.mrn,
                 accession=row.accession_number,
-                study_date=dt.date(2020, 1, 1),
+                study_date=row.study_date,  # on the manifest's date: not ambiguous
                 patient_name="LATE^ARRIVAL",
                 birth_date=dt.date(1950, 1, 1),
                 sex="F",
@@ -373,3 +372,141 @@ def test_a_lost_ledger_update_is_mended_from_prefects_cache_not_fetched_again(sa
     assert {i: r.pseudo_study_uid for i, r in after.items()} == {
         i: r.pseudo_study_uid for i, r in before.items()
     }
+
+
+AMBIGUOUS_DAY = dt.date(2023, 6, 1)
+
+
+def _twin_rows(sandbox) -> tuple[list, list]:
+    """Two manifest rows, each matching two studies of one patient: one on the row's date
+    (2 instances), one 3 days later (1 instance). The first row's twins are in the
+    primary (and the one on the date in the secondary too: a fall-through would export
+    it), the second's in the secondary only. Returns the two pairs of twins."""
+    from pacsflow.sandbox import make_patients
+    from pacsflow.sandbox.synthetic import make_study
+
+    day = AMBIGUOUS_DAY
+    at_primary, at_secondary = make_patients(2, seed=77)
+
+    def twins(patient, accession):
+        person = {"patient_name": patient.name, "birth_date": patient.birth_date}
+        return [
+            make_study(
+                mrn=patient.mrn,
+                accession=accession,
+                study_date=study_date,
+                **person,
+                sex=patient.sex,
+                n_series=1,
+                n_instances=n,
+                seed=seed,
+            )
+            for seed, study_date, n in ((1, day, 2), (2, day + dt.timedelta(days=3), 1))
+        ]
+
+    primary_twins = twins(at_primary, "AMB000001")
+    secondary_twins = twins(at_secondary, "AMB000002")
+    for study in primary_twins:
+        sandbox.primary.add_datasets(study)
+    sandbox.secondary.add_datasets(primary_twins[0])
+    for study in secondary_twins:
+        sandbox.secondary.add_datasets(study)
+    with sandbox.manifest_path.open("a") as manifest:
+        for patient, accession in ((at_primary, "AMB000001"), (at_secondary, "AMB000002")):
+            manifest.write(f"{patient.mrn},{accession},{day.isoformat()}\n")
+    return primary_twins, secondary_twins
+
+
+def _set_policy(sandbox, policy: str) -> None:
+    project = yaml.safe_load(sandbox.project_path.read_text())
+    project["ambiguity"] = policy
+    sandbox.project_path.write_text(yaml.safe_dump(project))
+
+
+def test_ambiguous_rows_retrieve_nothing_until_the_policy_says_which(sandbox, prefect_api):
+    """Two studies under one row's accession: by default the row ends ``ambiguous`` at the
+    primary (not tried at the secondary, which holds one copy) and at the secondary for a
+    row the primary lacks; with ``date_match`` and a requeue, the study on the row's date
+    is exported, from the source that has the twins."""
+    from blocks.site import save_site
+    from flows.extract import extract_project
+    from pacsflow.ledger.models import StudyStatus
+
+    primary_twins, secondary_twins = _twin_rows(sandbox)
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    run = {"project": str(sandbox.project_path), "manifest": str(sandbox.manifest_path)}
+    first = extract_project(**run, return_state=True)
+    assert first.is_completed(), first.message
+    assert first.result()["ambiguous"] == 2
+    assert first.result()["exported"] == 8 - sandbox.expected["neither"]
+
+    sessions = session_factory(make_engine(site.ledger))
+    with sessions() as session:
+        rows = {r.accession_number: r for r in session.query(Study).all()}
+    for accession, source in (("AMB000001", "primary"), ("AMB000002", "secondary")):
+        row = rows[accession]
+        assert (row.status, row.source, row.error_type) == ("ambiguous", source, "ambiguous")
+        assert row.last_error.startswith("2 studies match (dated 2023-06-01, 2023-06-04;")
+        assert row.found_study_uid is None and row.exported_instances is None
+
+    _set_policy(sandbox, "date_match")
+    with sessions() as session:
+        assert repo.requeue(session, "sandbox-demo", StudyStatus.AMBIGUOUS) == 2
+    second = extract_project(**run, return_state=True)
+    assert second.is_completed(), second.message
+    assert second.result()["ambiguous"] == 0
+    with sessions() as session:
+        rows = {r.accession_number: r for r in session.query(Study).all()}
+    for accession, source, on_date in (
+        ("AMB000001", "primary", primary_twins[0]),
+        ("AMB000002", "secondary", secondary_twins[0]),
+    ):
+        row = rows[accession]
+        assert (row.status, row.source) == ("exported", source)
+        assert row.found_study_uid == on_date[0].StudyInstanceUID
+        assert row.exported_instances == 2  # the twin on the row's date, not the other one
+
+
+def test_policy_all_exports_every_twin_once_each_from_its_own_row(sandbox, prefect_api):
+    """With ``ambiguity: all`` each matching study is exported, once, under its own row;
+    a second run (the same manifest again) neither adds rows nor exports anything again."""
+    from blocks.site import save_site
+    from flows.extract import extract_project
+
+    twins = _twin_rows(sandbox)
+    _set_policy(sandbox, "all")
+    site = load_site_config(sandbox.config_path)
+    save_site(site)
+    run = {"project": str(sandbox.project_path), "manifest": str(sandbox.manifest_path)}
+    state = extract_project(**run, return_state=True)
+    assert state.is_completed(), state.message
+    counts = state.result()
+    assert counts["expanded"] == 2 and counts["ambiguous"] == 0
+    assert counts["exported"] == 8 - sandbox.expected["neither"] + 4
+
+    sessions = session_factory(make_engine(site.ledger))
+    with sessions() as session:
+        rows = session.query(Study).filter(Study.accession_number.like("AMB%")).all()
+    parents = {r.accession_number: r for r in rows if r.expanded_from is None}
+    assert {a: (p.status, p.source) for a, p in parents.items()} == {
+        "AMB000001": ("expanded", "primary"),
+        "AMB000002": ("expanded", "secondary"),
+    }
+    for (accession, parent), pair in zip(sorted(parents.items()), twins, strict=True):
+        children = [r for r in rows if r.expanded_from == parent.id]
+        assert sorted((c.found_study_uid, c.exported_instances) for c in children) == sorted(
+            (study[0].StudyInstanceUID, len(study)) for study in pair
+        )
+        assert {c.status for c in children} == {"exported"}
+        assert {c.source for c in children} == {parent.source}, accession
+    root = Path(site.destinations["local"].path) / "sandbox-demo"
+    exported_before = sorted(p.name for p in root.glob("*/*") if p.parent.name != ".partial")
+
+    again = extract_project(**run, return_state=True)
+    assert again.is_completed(), again.message
+    with sessions() as session:
+        assert session.query(Study).filter(Study.accession_number.like("AMB%")).count() == 6
+    assert sorted(p.name for p in root.glob("*/*") if p.parent.name != ".partial") == (
+        exported_before
+    )

@@ -64,7 +64,7 @@ def test_migrate_creates_folder_and_is_safe_twice(tmp_path: Path) -> None:
         tables = set(inspect(engine).get_table_names())
         assert tables == {"studies", "projects", "alembic_version"}
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0003"
+            assert MigrationContext.configure(connection).get_current_revision() == "0004"
     finally:
         engine.dispose()
 
@@ -249,20 +249,28 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "not_found": 0,
         "excluded": 0,
         "quarantined": 0,
+        "ambiguous": 0,
+        "expanded": 0,
         "failed": 0,
     }
     repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
-    first = all_studies(session)[0]
+    first, second, _third = all_studies(session)
     repo.mark_exported(session, first.id, 3)
+    repo.mark_ambiguous(session, second.id, "primary", "2 studies match")
     assert repo.status_counts(session, PROJECT) == {
-        "pending": 2,
+        "pending": 1,
         "retrieving": 0,
         "exported": 1,
         "not_found": 0,
         "excluded": 0,
         "quarantined": 0,
+        "ambiguous": 1,
+        "expanded": 0,
         "failed": 0,
     }
+    assert repo.failures(session, PROJECT, (StudyStatus.AMBIGUOUS,)) == [
+        (second.id, "2 studies match")
+    ]
 
 
 def test_failures_list_reasons(session: Session) -> None:
@@ -399,3 +407,28 @@ def test_two_first_runs_of_a_project_both_record_its_key(engine: Engine) -> None
     with session_factory(engine)() as session:
         row = session.get(Project, PROJECT)
         assert (row.key_fingerprint, row.profile_fingerprint) == ("FINGERPRINT", "PROFILE")
+
+
+def test_expanded_rows_share_the_manifest_rows_accession_but_not_its_uniqueness(
+    session: Session,
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    repo.ingest_manifest(session, PROJECT, [row(1)])
+    [parent] = all_studies(session)
+    assert repo.expand(session, parent.id, "primary", ["1.2.3.1", "1.2.3.2", "1.2.3.1"]) == 2
+    children = all_studies(session)[1:]
+    assert [(c.mrn, c.accession_number, c.study_uid) for c in children] == [
+        ("MRN0001", "ACC0001", "1.2.3.1"),
+        ("MRN0001", "ACC0001", "1.2.3.2"),
+    ]
+    assert parent.status == StudyStatus.EXPANDED and parent.claimed_by is None
+    # The database still refuses a second manifest row for the MRN and accession ...
+    session.add(Study(project=PROJECT, mrn="MRN0001", accession_number="ACC0001"))
+    with pytest.raises(IntegrityError, match="failed: studies.project, studies.mrn"):
+        session.commit()
+    session.rollback()
+    # ... and a second row for a study UID, expanded or not.
+    session.add(Study(project=PROJECT, study_uid="1.2.3.2", expanded_from=parent.id))
+    with pytest.raises(IntegrityError, match="UNIQUE constraint failed: studies.project"):
+        session.commit()

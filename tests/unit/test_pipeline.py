@@ -28,13 +28,15 @@ from pacsflow.config import (
 from pacsflow.deid.profile import build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
-from pacsflow.dicom.query import StudyQuery, find_study
+from pacsflow.dicom.query import StudyQuery, find_studies
 from pacsflow.dicom.receiver import stop_process_receiver
-from pacsflow.errors import PermanentError, RetriableError, SourceUnavailable
+from pacsflow.errors import RetriableError, SourceUnavailable
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
+from pacsflow.ledger.models import Study
 from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import (
+    Located,
     Workspace,
     begin,
     deidentify_and_export,
@@ -56,11 +58,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def study_of(patient: FakePatient, accession: str, modality: str, **kwargs: int) -> list[Dataset]:
+def study_of(
+    patient: FakePatient, accession: str, modality: str, study_date: dt.date = DATE, **kwargs: int
+) -> list[Dataset]:
     return make_study(
         mrn=patient.mrn,
         accession=accession,
-        study_date=DATE,
+        study_date=study_date,
         patient_name=patient.name,
         birth_date=patient.birth_date,
         sex=patient.sex,
@@ -78,14 +82,28 @@ IN_SECONDARY = study_of(PATIENTS[1], "ACC2002", "MR", n_series=1, n_instances=3)
 TWINS = [
     study_of(PATIENTS[2], "ACC2003", "CT", n_series=1, n_instances=1, seed=seed) for seed in (1, 2)
 ]
+NEXT_DAY = DATE + dt.timedelta(days=1)
+#: Two studies under one accession, one on the manifest's date (2 instances), one the
+#: day after (1 instance), both in the primary.
+DATED_TWINS = [
+    study_of(PATIENTS[2], "ACC2004", "CT", DATE, n_series=1, n_instances=2, seed=1),
+    study_of(PATIENTS[2], "ACC2004", "CT", NEXT_DAY, n_series=1, n_instances=1, seed=2),
+]
+#: One study, dated the day after the manifest's date, in the primary.
+OFF_DATE = study_of(PATIENTS[1], "ACC2005", "CT", NEXT_DAY, n_series=1, n_instances=1)
+#: Like DATED_TWINS, in the secondary only.
+SECONDARY_TWINS = [
+    study_of(PATIENTS[0], "ACC2006", "MR", day, n_series=1, n_instances=1, seed=seed)
+    for seed, day in ((1, DATE), (2, NEXT_DAY))
+]
 
 
 @pytest.fixture(scope="module")
 def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxPacs]:
     server = SandboxPacs("PRIMARY", 0, tmp_path_factory.mktemp("primary"), timeout=5)
     server.add_datasets(IN_PRIMARY)
-    for twin in TWINS:
-        server.add_datasets(twin)
+    for study in [*TWINS, *DATED_TWINS, OFF_DATE]:
+        server.add_datasets(study)
     with server:
         yield server
 
@@ -94,6 +112,8 @@ def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxPacs]:
 def secondary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxPacs]:
     server = SandboxPacs("SECONDARY", 0, tmp_path_factory.mktemp("secondary"), timeout=5)
     server.add_datasets(IN_SECONDARY)
+    for study in SECONDARY_TWINS:
+        server.add_datasets(study)
     with server:
         yield server
 
@@ -169,7 +189,7 @@ def test_study_in_primary_is_located_and_moved(ws: Workspace) -> None:
     study_id = add_study(ws, IN_PRIMARY)
     assert begin(ws, study_id) is True
 
-    assert locate(ws, study_id, "primary") is True
+    assert locate(ws, study_id, "primary") == Located.FOUND
     study = ledger_row(ws, study_id)
     assert study.source == "primary"
     assert study.found_study_uid == IN_PRIMARY[0].StudyInstanceUID
@@ -186,10 +206,10 @@ def test_study_only_in_secondary_falls_through_to_it(ws: Workspace) -> None:
     study_id = add_study(ws, IN_SECONDARY)
     begin(ws, study_id)
 
-    assert locate(ws, study_id, "primary") is False
+    assert locate(ws, study_id, "primary") == Located.NOT_FOUND
     assert ledger_row(ws, study_id).source is None
 
-    assert locate(ws, study_id, "secondary") is True
+    assert locate(ws, study_id, "secondary") == Located.FOUND
     assert ledger_row(ws, study_id).source == "secondary"
     assert fetch(ws, study_id, "secondary") == 3  # by C-GET, no receiver involved
     folder = storage.study_dir(ws.staging, PROJECT.name, IN_SECONDARY[0].StudyInstanceUID)
@@ -198,8 +218,8 @@ def test_study_only_in_secondary_falls_through_to_it(ws: Workspace) -> None:
 
 def test_study_located_by_uid(ws: Workspace) -> None:
     study_id = add_study(ws, IN_SECONDARY, by_uid=True)
-    assert locate(ws, study_id, "primary") is False
-    assert locate(ws, study_id, "secondary") is True
+    assert locate(ws, study_id, "primary") == Located.NOT_FOUND
+    assert locate(ws, study_id, "secondary") == Located.FOUND
     assert ledger_row(ws, study_id).expected_instances == 3
 
 
@@ -216,23 +236,140 @@ def test_offline_source_raises_never_not_found(ws: Workspace, primary: SandboxPa
     finally:
         primary.set_offline(False)
     assert ledger_row(ws, study_id).source is None
-    assert locate(ws, study_id, "primary") is True
+    assert locate(ws, study_id, "primary") == Located.FOUND
 
 
-def test_two_studies_under_one_accession_is_permanent(ws: Workspace) -> None:
+# -- ambiguity: several studies for one row, or one on another date ---------------------
+
+
+def staged(ws: Workspace) -> list[Path]:
+    return list(ws.staging.rglob("*.dcm")) if ws.staging.exists() else []
+
+
+def assert_ambiguous(ws: Workspace, study_id: int, source: str, reason: str) -> None:
+    """Ended ambiguous with a reason free of identifiers, nothing found or staged."""
+    study = ledger_row(ws, study_id)
+    assert study.status == StudyStatus.AMBIGUOUS
+    assert study.error_type == "ambiguous"
+    assert study.source == source and study.found_study_uid is None
+    assert reason in study.last_error
+    assert study.mrn not in study.last_error and study.accession_number not in study.last_error
+    assert "1.2." not in study.last_error and "2.25." not in study.last_error  # no UID
+    assert staged(ws) == []
+    with ws.sessions() as session:  # final: no run picks it up again by itself
+        assert study_id not in [i for i, _ in repo.studies_to_process(session, PROJECT.name)]
+
+
+def test_two_studies_under_one_accession_are_ambiguous_by_default(ws: Workspace) -> None:
     study_id = add_study(ws, TWINS[0])
-    with pytest.raises(
-        PermanentError,
-        match=r"2 studies at source PRIMARY match this accession number; add the "
-        r"study_uid column",
-    ):
-        locate(ws, study_id, "primary")
-    assert ledger_row(ws, study_id).found_study_uid is None
+    begin(ws, study_id)
+    assert locate(ws, study_id, "primary") == Located.AMBIGUOUS
+    assert_ambiguous(
+        ws, study_id, "primary", "2 studies match (dated 2024-03-05, 2024-03-05; the manifest"
+    )
+    assert "add the study_uid column" in ledger_row(ws, study_id).last_error
+
+
+def test_date_match_cannot_choose_between_twins_on_the_same_date(ws: Workspace) -> None:
+    study_id = add_study(ws, TWINS[0])
+    assert locate(ws, study_id, "primary", policy="date_match") == Located.AMBIGUOUS
+    assert_ambiguous(ws, study_id, "primary", "2 are on the manifest's date")
+
+
+def test_twins_on_different_dates_are_ambiguous_under_none(ws: Workspace) -> None:
+    study_id = add_study(ws, DATED_TWINS[0])
+    assert locate(ws, study_id, "primary", policy="none") == Located.AMBIGUOUS
+    assert_ambiguous(ws, study_id, "primary", "(dated 2024-03-05, 2024-03-06; the manifest")
+
+
+def test_date_match_retrieves_the_twin_on_the_manifest_date(ws: Workspace) -> None:
+    study_id = add_study(ws, DATED_TWINS[0])
+    begin(ws, study_id)
+    assert locate(ws, study_id, "primary", policy="date_match") == Located.FOUND
+    wanted = DATED_TWINS[0][0].StudyInstanceUID
+    assert ledger_row(ws, study_id).found_study_uid == wanted
+    assert fetch(ws, study_id, "primary") == 2
+    received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in staged(ws)}
+    assert received == {str(ds.SOPInstanceUID) for ds in DATED_TWINS[0]}
+
+
+def test_one_study_on_another_date_is_ambiguous(ws: Workspace) -> None:
+    study_id = add_study(ws, OFF_DATE)
+    assert locate(ws, study_id, "primary") == Located.AMBIGUOUS
+    assert_ambiguous(ws, study_id, "primary", "1 study matches (dated 2024-03-06; the manifest")
+    assert locate(ws, study_id, "primary", policy="date_match") == Located.AMBIGUOUS
+    assert_ambiguous(ws, study_id, "primary", "none is on the manifest's date")
+
+
+def test_not_found_at_the_primary_then_ambiguous_at_the_secondary(ws: Workspace) -> None:
+    study_id = add_study(ws, SECONDARY_TWINS[0])
+    assert locate(ws, study_id, "primary") == Located.NOT_FOUND
+    assert ledger_row(ws, study_id).status == StudyStatus.PENDING
+    assert locate(ws, study_id, "secondary") == Located.AMBIGUOUS
+    assert_ambiguous(ws, study_id, "secondary", "2 studies match")
+
+
+def test_an_ambiguous_study_can_be_requeued_after_the_policy_changed(ws: Workspace) -> None:
+    study_id = add_study(ws, DATED_TWINS[0])
+    assert locate(ws, study_id, "primary") == Located.AMBIGUOUS
+    with ws.sessions() as session:
+        assert repo.requeue(session, PROJECT.name, StudyStatus.AMBIGUOUS) == 1
+    assert locate(ws, study_id, "primary", policy="date_match") == Located.FOUND
+
+
+def rows_of(ws: Workspace):
+    with ws.sessions() as session:
+        return session.query(Study).order_by(Study.id).all()
+
+
+def test_all_retrieves_every_twin_each_as_its_own_row(ws: Workspace) -> None:
+    study_id = add_study(ws, DATED_TWINS[0])
+    assert locate(ws, study_id, "primary", policy="all") == Located.EXPANDED
+    parent, *children = rows_of(ws)
+    assert (parent.id, parent.status, parent.source) == (study_id, "expanded", "primary")
+    assert (
+        parent.last_error == "2 studies match; policy all retrieves each as its own row (2 added)"
+    )
+    assert {c.study_uid for c in children} == {t[0].StudyInstanceUID for t in DATED_TWINS}
+    for child in children:
+        assert (child.status, child.expanded_from, child.source_index) == ("pending", study_id, 0)
+        assert (child.mrn, child.accession_number) == (parent.mrn, parent.accession_number)
+        assert child.study_date == parent.study_date and child.ref != parent.ref
+    with ws.sessions() as session:  # the children are the work now, the manifest row is not
+        todo = [i for i, _ in repo.studies_to_process(session, PROJECT.name)]
+    assert todo == [c.id for c in children]
+
+    for child, twin in zip(children, DATED_TWINS, strict=True):
+        begin(ws, child.id)
+        assert locate(ws, child.id, "primary", policy="all") == Located.FOUND
+        assert fetch(ws, child.id, "primary") == len(twin)
+        assert deidentify_and_export(ws, child.id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
+    assert [r.status for r in rows_of(ws)] == ["expanded", "exported", "exported"]
+
+
+def test_expanding_again_or_a_later_manifest_adds_no_second_row(ws: Workspace) -> None:
+    study_id = add_study(ws, DATED_TWINS[0])
+    assert locate(ws, study_id, "primary", policy="all") == Located.EXPANDED
+    assert locate(ws, study_id, "primary", policy="all") == Located.EXPANDED  # a rerun
+    assert "(0 added)" in ledger_row(ws, study_id).last_error
+    first = DATED_TWINS[0][0]
+    again = [
+        ManifestRow(
+            row=1,
+            study_date=DATE,
+            mrn=str(first.PatientID),
+            accession_number=str(first.AccessionNumber),
+        ),
+        ManifestRow(row=2, study_date=NEXT_DAY, study_uid=str(DATED_TWINS[1][0].StudyInstanceUID)),
+    ]
+    with ws.sessions() as session:
+        assert repo.ingest_manifest(session, PROJECT.name, again).added == 0
+    assert len(rows_of(ws)) == 3
 
 
 def test_a_study_uid_picks_one_of_the_twins(ws: Workspace) -> None:
     study_id = add_study(ws, TWINS[1], by_uid=True)
-    assert locate(ws, study_id, "primary") is True
+    assert locate(ws, study_id, "primary") == Located.FOUND
     assert ledger_row(ws, study_id).found_study_uid == TWINS[1][0].StudyInstanceUID
 
 
@@ -242,7 +379,7 @@ def test_move_to_a_destination_the_source_does_not_know(ws: Workspace) -> None:
     )
     stranger = Workspace(site=unknown, sessions=ws.sessions)
     study_id = add_study(stranger, IN_PRIMARY)
-    assert locate(stranger, study_id, "primary")
+    assert locate(stranger, study_id, "primary") == Located.FOUND
     # Retriable: the same status means "cannot reach it" too; the reason says what to fix.
     with pytest.raises(RetriableError, match="does not know our receiver's AE title"):
         fetch(stranger, study_id, "primary")
@@ -254,7 +391,7 @@ def test_move_to_a_destination_the_source_does_not_know(ws: Workspace) -> None:
 def test_deidentify_and_export(ws: Workspace, site: SiteConfig) -> None:
     study_id = add_study(ws, IN_PRIMARY)
     begin(ws, study_id)
-    assert locate(ws, study_id, "primary")
+    assert locate(ws, study_id, "primary") == Located.FOUND
     fetch(ws, study_id, "primary")
 
     assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
@@ -311,7 +448,7 @@ def test_participant_id_is_the_patient_pseudonym(ws: Workspace, site: SiteConfig
     with ws.sessions() as session:
         repo.ingest_manifest(session, PROJECT.name, [row])
         [(study_id, _ref)] = repo.studies_to_process(session, PROJECT.name)
-    assert locate(ws, study_id, "secondary")
+    assert locate(ws, study_id, "secondary") == Located.FOUND
     fetch(ws, study_id, "secondary")
     assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
     assert ledger_row(ws, study_id).exported_instances == 3
@@ -322,7 +459,7 @@ def test_participant_id_is_the_patient_pseudonym(ws: Workspace, site: SiteConfig
 
 def test_a_study_whose_series_are_all_filtered_out_is_excluded(ws: Workspace) -> None:
     study_id = add_study(ws, IN_SECONDARY)
-    assert locate(ws, study_id, "secondary")
+    assert locate(ws, study_id, "secondary") == Located.FOUND
     fetch(ws, study_id, "secondary")
     ct_only = PROJECT.model_copy(update={"modalities": ["CT"]})
     assert deidentify_and_export(ws, study_id, ct_only, PSEUDONYMIZER, BASIC) == "excluded"
@@ -341,7 +478,7 @@ def test_the_phi_gate_quarantines_a_planted_leak(ws: Workspace, tmp_path: Path) 
     profile = build_profile("basic", [], [leaky])
     study_id = add_study(ws, IN_PRIMARY)
     assert PATIENTS[0].family_name in str(IN_PRIMARY[0].StudyDescription)  # the plant
-    assert locate(ws, study_id, "primary")
+    assert locate(ws, study_id, "primary") == Located.FOUND
     fetch(ws, study_id, "primary")
 
     assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, profile) == "quarantined"
@@ -359,7 +496,7 @@ def test_the_phi_gate_quarantines_a_planted_leak(ws: Workspace, tmp_path: Path) 
 
 def test_record_not_found(ws: Workspace) -> None:
     study_id = add_study(ws, IN_SECONDARY)
-    assert locate(ws, study_id, "primary") is False
+    assert locate(ws, study_id, "primary") == Located.NOT_FOUND
     record_not_found(ws, study_id)
     assert ledger_row(ws, study_id).status == StudyStatus.NOT_FOUND
     with ws.sessions() as session:
@@ -369,15 +506,15 @@ def test_record_not_found(ws: Workspace) -> None:
 # -- unreachable sources ---------------------------------------------------------------
 
 
-def test_find_study_with_nothing_listening_is_unavailable_and_quick() -> None:
+def test_find_studies_with_nothing_listening_is_unavailable_and_quick() -> None:
     source = SourceConfig(ae_title="GONE", host="127.0.0.1", port=free_port(), timeout=1)
     start = time.monotonic()
     with pytest.raises(SourceUnavailable, match=r"source GONE@127\.0\.0\.1:\d+ refused or did not"):
-        find_study(source, "PACSFLOW", StudyQuery(mrn="MRN1", accession_number="ACC1"))
+        find_studies(source, "PACSFLOW", StudyQuery(mrn="MRN1", accession_number="ACC1"))
     assert time.monotonic() - start < 3
 
 
-def test_find_study_with_a_silent_peer_times_out() -> None:
+def test_find_studies_with_a_silent_peer_times_out() -> None:
     # The port accepts TCP connections (kernel backlog) but never speaks DICOM.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -386,5 +523,5 @@ def test_find_study_with_a_silent_peer_times_out() -> None:
         source = SourceConfig(ae_title="MUTE", host="127.0.0.1", port=port, timeout=0.5)
         start = time.monotonic()
         with pytest.raises(SourceUnavailable, match="refused or did not answer"):
-            find_study(source, "PACSFLOW", StudyQuery(study_uid="1.2.3"))
+            find_studies(source, "PACSFLOW", StudyQuery(study_uid="1.2.3"))
         assert time.monotonic() - start < 3
