@@ -111,10 +111,21 @@ def test_status_json_reports_counts_without_identifiers(tmp_path):
     report = json.loads(result.output)
     assert report["counts"]["failed"] == 2 and report["counts"]["pending"] == 0
     assert report["failed"] == [
-        {"id": 1, "reason": "SourceUnavailable: source VNA refused the association"},
-        {"id": 2, "reason": "fetch: ValueError: bad PatientID <mrn>"},
+        {
+            "id": 1,
+            "mrn": "MR******45",
+            "accession": "AC**77",
+            "reason": "SourceUnavailable: source VNA refused the association",
+        },
+        {
+            "id": 2,
+            "mrn": "MR******99",
+            "accession": "AC**88",
+            "reason": "fetch: ValueError: bad PatientID <mrn>",
+        },
     ]
     assert report["quarantined"] == [] and report["excluded"] == []
+    assert report["not_found"] == []
     for identifier in ("MRN0012345", "ACC777", "MRN0099999", "ACC888"):
         assert identifier not in result.output
 
