@@ -380,15 +380,17 @@ def requeue(
     try:
         site = load_site_config(config)
         wanted = StudyStatus(status)
+        if wanted not in repo.REQUEUEABLE:
+            raise ValueError(
+                f"--status {status!r} cannot be re-queued; choose one of "
+                f"{[s.value for s in repo.REQUEUEABLE]}"
+            )
     except (ConfigError, ValueError) as exc:
         raise _fail_input(str(exc)) from None
     sessions = _ledger(site)
     slug = _project_slug(project, config, sessions)
-    try:
-        with sessions() as session:
-            count = repo.requeue(session, slug, wanted)
-    except ValueError as exc:
-        raise _fail_input(str(exc)) from None
+    with sessions() as session:
+        count = repo.requeue(session, slug, wanted)
     console.print(f"{count} {status} studies of {slug} are pending again; run extract.")
 
 
