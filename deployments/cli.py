@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,13 @@ from rich.table import Table
 from deployments import projects
 from deployments.server import ensure_server, is_ours, read_state, stop_local_server
 from deployments.status import LISTED, listed_studies
-from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load_site_config
+from pacsflow.config import (
+    SLUG,
+    ProjectConfig,
+    SiteConfig,
+    load_project_config,
+    load_site_config,
+)
 from pacsflow.deid.pixels import PixelPolicy
 from pacsflow.deid.profile import build_profile
 from pacsflow.errors import ConfigError, ManifestError
@@ -57,11 +64,22 @@ ConfigOption = Annotated[
 ProjectOption = Annotated[
     str, typer.Option(help="Project file (projects/my-study.yaml) or its slug (my-study).")
 ]
+
+
+def _site_name(value: str) -> str:
+    if not re.fullmatch(SLUG, value):
+        raise typer.BadParameter(
+            f"{value!r} is not a block name: use lowercase letters, digits and dashes"
+        )
+    return value
+
+
 SiteOption = Annotated[
     str,
     typer.Option(
         "--site",
         envvar="PACSFLOW_SITE",
+        callback=_site_name,
         help="Name of the site block on the Prefect server: one per site sharing a server.",
     ),
 ]

@@ -194,7 +194,7 @@ def export_lane(site: str, project: ProjectConfig, lane: int, handoff: str) -> d
     while (study_id := queue_.get()) is not None:
         try:
             status = pipeline.deidentify_and_export(
-                ws, study_id, project, pseudonymizer(project), profile(project)
+                ws, study_id, project, pseudonymizer(project, site), profile(project)
             )
         except Exception as exc:
             failure = failures.describe("de-identify and export", exc)

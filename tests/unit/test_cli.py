@@ -289,3 +289,12 @@ def test_mask_keeps_two_characters_at_each_end():
     assert mask("MRN0012345") == "MR******45"
     assert mask("12345") == "*****"
     assert mask(None) == ""
+
+
+def test_a_site_name_that_cannot_name_a_block_exits_2(tmp_path):
+    config = _write_site(tmp_path)
+    result = runner.invoke(
+        app, ["configure", str(config), "--site", "Site One"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2
+    assert "'Site One' is not a block name" in result.output
