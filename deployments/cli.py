@@ -504,8 +504,10 @@ def demo(
 
 
 def _tell_where_the_ui_is() -> None:
-    ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
-    if is_ours(read_state()):
+    api_url = os.environ.get("PREFECT_API_URL", "")
+    ui = api_url.removesuffix("/api")
+    state = read_state()
+    if is_ours(state) and state.api_url == api_url:
         console.print(
             f"The Prefect UI is at {ui}; the server keeps running. Stop it with "
             "`pacsflow server stop`; `pacsflow status` shows the demo's studies."
