@@ -97,18 +97,20 @@ def _write_state(home: Path, state: ServerState) -> None:
     path.chmod(0o600)
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (the test servers use this too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    with contextlib.suppress(OSError):
-        # The state field follows the parenthesised command name.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # Field 3 (after the parenthesised command name) is the state.
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -149,7 +151,7 @@ def is_ours(state: ServerState | None) -> bool:
     """Our recorded server is running and is the one answering on its port."""
     return (
         state is not None
-        and _pid_alive(state.pid)
+        and pid_alive(state.pid)
         and _healthy(state.api_url)
         and _server_token(state.api_url) == state.token
     )
@@ -265,7 +267,7 @@ def _stop_group(pid: int, wait: float) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.2)
 
@@ -280,7 +282,7 @@ def stop_local_server(home: Path = DEFAULT_HOME, wait: float = 20.0) -> ServerSt
     state = read_state(home) or _legacy_state(home)
     if state is None:
         return None
-    running = _pid_alive(state.pid) and _is_prefect(state.pid)
+    running = pid_alive(state.pid) and _is_prefect(state.pid)
     if running:
         _stop_group(state.pid, wait)
     _state_path(home).unlink(missing_ok=True)

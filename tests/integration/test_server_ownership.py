@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.server import ensure_server, read_state
-from tests.servers import _pid_alive, start_prefect_server
+from deployments.server import ensure_server, pid_alive, read_state
+from tests.servers import start_prefect_server
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_a_foreign_server_on_the_port_is_not_reused_and_ours_is(
         stopped = runner.invoke(app, ["server", "stop"])
         assert stopped.exit_code == 0, stopped.output
         assert f"pid {ours.pid}" in stopped.output
-        assert not _pid_alive(ours.pid), "server stop returns once our server has exited"
+        assert not pid_alive(ours.pid), "server stop returns once our server has exited"
         assert read_state(home) is None
         assert _health(foreign.api_url) == 200, "stopping ours must leave the foreign one alone"
     finally:
@@ -97,5 +97,5 @@ def test_a_state_file_naming_a_foreign_server_is_not_believed(
     finally:
         monkeypatch.delenv("PREFECT_API_URL", raising=False)
         runner.invoke(app, ["server", "stop"])
-    assert _pid_alive(foreign.pid) and _health(foreign.api_url) == 200
+    assert pid_alive(foreign.pid) and _health(foreign.api_url) == 200
     assert os.environ.get("PREFECT_API_URL") is None
