@@ -162,7 +162,11 @@ def _connect(verbose: bool = False):
     """
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    server = ensure_server()
+    try:
+        server = ensure_server()
+    except RuntimeError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
     if server.note:
         console.print(f"[yellow]note:[/] {server.note}", highlight=False)
     if server.started_here:

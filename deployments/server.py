@@ -147,6 +147,21 @@ def _set_token(api_url: str, token: str) -> bool:
     return _api(api_url, "PATCH", f"/variables/name/{TOKEN_VARIABLE}", body) is not None
 
 
+def runs_on_home(pid: int, home: Path) -> bool:
+    """``pid`` is alive and a Prefect process started with ``PREFECT_HOME=home``.
+
+    This is what makes a recorded pid safe to signal: after a reboot the number may
+    belong to anything, even to another checkout's Prefect server.
+    """
+    if not pid_alive(pid):
+        return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"PREFECT_HOME={home}".encode() in environ
+
+
 def is_ours(state: ServerState | None) -> bool:
     """Our recorded server is running and is the one answering on its port."""
     return (
@@ -195,9 +210,21 @@ def ensure_server(
     home = home.resolve()
     os.environ["PREFECT_HOME"] = str(home)
     state = read_state(home)
-    if is_ours(state):
-        os.environ["PREFECT_API_URL"] = state.api_url
-        return PrefectServer(state.api_url, started_here=False, pid=state.pid, ours=True)
+    running = state or _legacy_state(home)
+    if running is not None and runs_on_home(running.pid, home):
+        # Ours: never start a second server on the same database. It may still be
+        # starting up (another command just launched it), so give it time to answer.
+        deadline = time.monotonic() + wait
+        while running.token and time.monotonic() < deadline:
+            if is_ours(running):
+                os.environ["PREFECT_API_URL"] = running.api_url
+                return PrefectServer(running.api_url, False, running.pid, ours=True)
+            time.sleep(0.5)
+        raise RuntimeError(
+            f"pacsflow's Prefect server (pid {running.pid}, home {home}) is running but does "
+            f"not answer as ours on port {running.port}; stop it with `pacsflow server stop` "
+            f"and run the command again (its log: {home / 'server.log'})"
+        )
     note = None
     if not _port_free(port):
         chosen = _free_port()
@@ -238,21 +265,24 @@ def _start(home: Path, port: int, wait: float, note: str | None) -> PrefectServe
             env=env,
             start_new_session=True,  # keeps serving after this command ends, for the UI
         )
+    # Recorded at once, so a command started meanwhile waits for this server instead of
+    # starting a second one on the same database; the token makes it ours once it answers.
+    state = ServerState(process.pid, port, str(home), secrets.token_hex(16))
+    _write_state(home, state)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            _state_path(home).unlink(missing_ok=True)
             raise RuntimeError(
                 f"the local Prefect server exited with code {process.returncode}; see "
                 f"{home / 'server.log'} (is port {port} taken? set PREFECT_API_URL instead)"
             )
-        if _healthy(api_url):
-            token = secrets.token_hex(16)
-            if _set_token(api_url, token):
-                _write_state(home, ServerState(process.pid, port, str(home), token))
-                os.environ["PREFECT_API_URL"] = api_url
-                return PrefectServer(api_url, True, process.pid, ours=True, note=note)
+        if _healthy(api_url) and _set_token(api_url, state.token):
+            os.environ["PREFECT_API_URL"] = api_url
+            return PrefectServer(api_url, True, process.pid, ours=True, note=note)
         time.sleep(0.5)
     _stop_group(process.pid, 15.0)
+    _state_path(home).unlink(missing_ok=True)
     raise RuntimeError(
         f"the local Prefect server did not answer within {wait:.0f} s; see {home / 'server.log'}"
     )
@@ -276,18 +306,27 @@ def stop_local_server(home: Path = DEFAULT_HOME, wait: float = 20.0) -> ServerSt
     """Stop our server by its recorded pid, wait for it to exit and remove the state.
 
     Returns the state of the server that was stopped, or None if none of ours was running.
-    A recorded pid that now belongs to another program (not ``prefect``) is not signalled.
+    A recorded pid that now belongs to another program (not a Prefect process on this
+    home) is not signalled.
     """
     home = home.resolve()
     state = read_state(home) or _legacy_state(home)
     if state is None:
         return None
-    running = pid_alive(state.pid) and _is_prefect(state.pid)
+    running = runs_on_home(state.pid, home)
     if running:
         _stop_group(state.pid, wait)
     _state_path(home).unlink(missing_ok=True)
     (home / "server.pid").unlink(missing_ok=True)
     return state if running else None
+
+
+def _legacy_state(home: Path) -> ServerState | None:
+    """A server started before ``server.json`` existed left only ``server.pid``."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((home / "server.pid").read_text())
+        return ServerState(pid=pid, port=DEFAULT_PORT, home=str(home), token="")
+    return None
 
 
 def _legacy_state(home: Path) -> ServerState | None:

@@ -99,3 +99,24 @@ def test_a_state_file_naming_a_foreign_server_is_not_believed(
         runner.invoke(app, ["server", "stop"])
     assert pid_alive(foreign.pid) and _health(foreign.api_url) == 200
     assert os.environ.get("PREFECT_API_URL") is None
+
+
+def test_a_server_running_on_our_home_is_never_doubled(tmp_path: Path, monkeypatch) -> None:
+    """An older pacsflow left only ``server.pid``: its server uses our database, so no
+    second server is started on it; the user is told to stop it, and `server stop` does."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "unused"))
+    home = (tmp_path / ".pacsflow" / "prefect").resolve()
+    older = start_prefect_server(home)
+    try:
+        (home / "server.pid").write_text(str(older.pid))
+        with pytest.raises(RuntimeError, match="pacsflow server stop"):
+            ensure_server(home=home, port=older.port)
+        assert read_state(home) is None, "nothing was started"
+        stopped = CliRunner().invoke(app, ["server", "stop"])
+        assert stopped.exit_code == 0 and f"pid {older.pid}" in stopped.output, stopped.output
+        assert not pid_alive(older.pid)
+        assert not (home / "server.pid").exists()
+    finally:
+        older.stop()
