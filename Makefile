@@ -34,5 +34,9 @@ bench: $(BIN)/.installed system-deps
 	@status=0; for b in saturation small_studies large_studies shell_loop; do \
 	  echo; echo "== bench.$$b"; $(BIN)/python -m bench.$$b || status=1; done; exit $$status
 
+# pacsflow's own Prefect server keeps its database under .pacsflow/: stop it (by the pid it
+# recorded, waiting for it to exit) before deleting that. deployments/server.py needs only
+# the standard library, so this works without the venv too.
 clean:
+	$(PYTHON) -c 'from deployments.server import stop_local_server as stop; s = stop(); print(f"stopped the Prefect server, pid {s.pid}" if s else "no pacsflow Prefect server running")'
 	rm -rf $(VENV) .pacsflow

@@ -21,6 +21,16 @@ from pacsflow.errors import ConfigError
 DEFAULT_SITE = "default"
 
 
+def block_name(site: str, name: str) -> str:
+    """The block name of a site's source or destination ``name``.
+
+    Sites on one Prefect server must not overwrite each other's sources, so a named
+    site's blocks are ``<site>--<name>``. The default site keeps the plain names it has
+    always had, so existing installs and their UI bookmarks keep working.
+    """
+    return name if site == DEFAULT_SITE else f"{site}--{name}"
+
+
 class PacsflowSite(Block):
     """Which sources and destinations a site has, its ledger and its receiver."""
 
@@ -71,9 +81,10 @@ def save_site(config: SiteConfig, name: str = DEFAULT_SITE, base: Path | None = 
     """Save ``config`` as blocks: one per source and destination, and the site itself."""
     base = base or Path.cwd()
     for source_name, source in config.sources.items():
-        DicomSource.from_config(source).save(source_name, overwrite=True)
+        DicomSource.from_config(source).save(block_name(name, source_name), overwrite=True)
     for dest_name, dest in config.destinations.items():
-        destination_block(_absolute_paths(dest, base)).save(dest_name, overwrite=True)
+        block = destination_block(_absolute_paths(dest, base))
+        block.save(block_name(name, dest_name), overwrite=True)
     PacsflowSite(
         ledger_url=SecretStr(_absolute_sqlite(config.ledger, base)),
         receiver_ae_title=config.receiver.ae_title,
@@ -104,9 +115,12 @@ def load_site(name: str = DEFAULT_SITE) -> SiteConfig:
             ae_title=site.receiver_ae_title, host=site.receiver_host, port=site.receiver_port
         ),
         staging=Path(site.staging),
-        sources={n: _load(DicomSource, n, "DICOM source").to_config() for n in site.sources},
+        sources={
+            n: _load(DicomSource, block_name(name, n), "DICOM source").to_config()
+            for n in site.sources
+        },
         destinations={
-            n: _load(BLOCK_FOR_TYPE[kind], n, f"{kind} destination").to_config()
+            n: _load(BLOCK_FOR_TYPE[kind], block_name(name, n), f"{kind} destination").to_config()
             for n, kind in site.destinations.items()
         },
     )

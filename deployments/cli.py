@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,9 +23,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from deployments import projects
 from deployments.cli_projects import app as projects_app
-from deployments.server import ensure_server
-from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load_site_config
+from deployments.server import ensure_server, is_ours, read_state, stop_local_server
+from deployments.status import LISTED, listed_studies
+from pacsflow.config import (
+    SLUG,
+    ProjectConfig,
+    SiteConfig,
+    load_project_config,
+    load_site_config,
+)
 from pacsflow.deid.pixels import PixelPolicy
 from pacsflow.deid.profile import build_profile
 from pacsflow.errors import ConfigError, ManifestError
@@ -40,14 +49,94 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+#: The site block's default name (``blocks.site.DEFAULT_SITE``; blocks import prefect).
+DEFAULT_SITE = "default"
 DONE = ("exported", "not_found", "excluded", "quarantined", "ambiguous", "expanded", "failed")
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site configuration file.")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Site configuration file [default: pacsflow.yaml, else the demo's].",
+        show_default=False,
+    ),
+]
+ProjectOption = Annotated[
+    str, typer.Option(help="Project file (projects/my-study.yaml) or its slug (my-study).")
+]
+
+
+def _site_name(value: str) -> str:
+    if not re.fullmatch(SLUG, value):
+        raise typer.BadParameter(
+            f"{value!r} is not a block name: use lowercase letters, digits and dashes"
+        )
+    return value
+
+
+SiteOption = Annotated[
+    str,
+    typer.Option(
+        "--site",
+        envvar="PACSFLOW_SITE",
+        callback=_site_name,
+        help="Name of the site block on the Prefect server: one per site sharing a server.",
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"pacsflow {version('pacsflow')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Pull research imaging out of PACS: find, retrieve, de-identify, export."""
 
 
 def _fail_input(message: str) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(2)
+
+
+def _site_path(config: Path | None) -> Path:
+    """The site file meant (see :func:`projects.site_config_path`); exit 2 if there is none."""
+    try:
+        return projects.site_config_path(config)
+    except ConfigError as exc:
+        raise _fail_input(str(exc)) from None
+
+
+def _project_file(project: str, config: Path) -> Path:
+    try:
+        return projects.project_file(project, config)
+    except ConfigError as exc:
+        raise _fail_input(str(exc)) from None
+
+
+def _project_slug(project: str | None, config: Path, sessions) -> str:
+    """The slug ``project`` names; without one, the ledger's only project."""
+    with sessions() as session:
+        in_ledger = projects.ledger_projects(session)
+    try:
+        if project is not None:
+            return projects.project_slug(project, config, in_ledger)
+        if len(in_ledger) == 1:
+            return in_ledger[0]
+        listed = ", ".join(in_ledger) or "none yet"
+        raise ConfigError(f"pass --project: the ledger holds these projects: {listed}")
+    except ConfigError as exc:
+        raise _fail_input(str(exc)) from None
 
 
 def _load_inputs(
@@ -74,9 +163,18 @@ def _connect(verbose: bool = False):
     """
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    server = ensure_server()
+    try:
+        server = ensure_server()
+    except RuntimeError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if server.note:
+        console.print(f"[yellow]note:[/] {server.note}", highlight=False)
     if server.started_here:
-        console.print(f"Started a local Prefect server: UI at [link]{server.ui_url}[/]")
+        console.print(
+            f"Started pacsflow's local Prefect server: UI at [link]{server.ui_url}[/]; it keeps "
+            "running for the UI, `pacsflow server stop` stops it."
+        )
         if not os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"):
             console.print(
                 "[dim]Its database is SQLite: fine for trying pacsflow. For real projects set "
@@ -89,6 +187,7 @@ def _connect(verbose: bool = False):
 @app.command()
 def configure(
     config: Annotated[Path, typer.Argument(help="Site file, e.g. pacsflow.yaml")],
+    site_name: SiteOption = DEFAULT_SITE,
 ) -> None:
     """Save the site's sources, destinations and ledger as Prefect blocks (idempotent)."""
     try:
@@ -98,7 +197,7 @@ def configure(
     _connect()
     from blocks.site import save_site
 
-    save_site(site)
+    save_site(site, name=site_name)
     migrate(make_engine(site.ledger))
     console.print(
         f"Saved {len(site.sources)} sources and {len(site.destinations)} "
@@ -110,8 +209,8 @@ def configure(
 
     if ensure_crash_automation() != "unchanged":
         console.print("Flow runs whose worker dies are now marked Crashed (an automation).")
-    if registered := register_beside(config):
-        refresh_forms()
+    if registered := register_beside(config, site=site_name):
+        refresh_forms(site_name)
         console.print(f"Projects offered in the run form: {', '.join(registered)}")
 
 
@@ -130,15 +229,19 @@ def _counts(sessions, project: str) -> tuple[dict[str, int], dict[str, int]]:
 
 def _summary(site: SiteConfig, project: ProjectConfig) -> dict[str, int]:
     counts, by_source = _counts(_ledger(site), project.name)
-    table = Table(title=f"Project {project.name}")
+    console.print(_counts_table(project.name, counts, by_source))
+    return counts
+
+
+def _counts_table(project: str, counts: dict[str, int], by_source: dict[str, int]) -> Table:
+    table = Table(title=f"Project {project}")
     table.add_column("status")
     table.add_column("studies", justify="right")
     for status, n in counts.items():
         table.add_row(status, str(n))
     for source, n in sorted(by_source.items()):
         table.add_row(f"  exported from {source}", str(n))
-    console.print(table)
-    return counts
+    return table
 
 
 def run_extract(
@@ -149,14 +252,16 @@ def run_extract(
     workers: int = 1,
     force_key_change: bool = False,
     export_lanes: int | None = None,
+    site_name: str = DEFAULT_SITE,
 ) -> int:
     """Run the flow in this process, show progress from the ledger, return the exit code."""
     from blocks.site import save_site
     from flows.extract import extract_project
     from pacsflow.dicom.receiver import stop_process_receiver
 
-    save_site(site)
+    save_site(site, name=site_name)
     sessions = _ledger(site)
+    known_before = sum(_counts(sessions, project.name)[0].values())
     outcome: dict[str, object] = {}
     options = {"export_lanes": export_lanes} if export_lanes else {}
 
@@ -164,6 +269,7 @@ def run_extract(
         outcome["state"] = extract_project(
             project=str(project_file.resolve()),
             manifest=str(manifest.resolve()),
+            site=site_name,
             force_key_change=force_key_change,
             workers=workers,
             return_state=True,
@@ -199,6 +305,11 @@ def run_extract(
             console.print(f"[bold red]error:[/] {error}", highlight=False)
             return 2
     counts = _summary(site, project)
+    new = sum(counts.values()) - known_before
+    console.print(
+        f"{new} new studies"
+        + ("; the manifest holds nothing this project has not seen." if not new else ".")
+    )
     if state is not None:
         flow_run_id = state.state_details.flow_run_id
         ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
@@ -216,9 +327,10 @@ def run_extract(
 
 @app.command()
 def extract(
-    project: Annotated[Path, typer.Option(help="Project file, e.g. projects/my-study.yaml")],
+    project: ProjectOption,
     manifest: Annotated[Path, typer.Option(help="Manifest, .csv or .parquet")],
-    config: ConfigOption = Path("pacsflow.yaml"),
+    config: ConfigOption = None,
+    site_name: SiteOption = DEFAULT_SITE,
     workers: Annotated[
         int,
         typer.Option(
@@ -237,78 +349,81 @@ def extract(
 ) -> None:
     """Extract a project's manifest: exit 0 if all ended exported, not found or excluded,
     1 if any failed, was quarantined or was ambiguous, 2 on invalid input."""
-    site, proj, rows = _load_inputs(config, project, manifest)
+    config = _site_path(config)
+    project_file = _project_file(project, config)
+    site, proj, rows = _load_inputs(config, project_file, manifest)
     console.print(f"Manifest is valid: {rows} studies.")
     _connect(verbose)
     raise typer.Exit(
-        run_extract(site, project, proj, manifest, workers, force_key_change, export_lanes)
+        run_extract(
+            site, project_file, proj, manifest, workers, force_key_change, export_lanes, site_name
+        )
     )
 
 
 @app.command()
 def status(
-    project: Annotated[str, typer.Option(help="Project slug.")],
-    config: ConfigOption = Path("pacsflow.yaml"),
+    project: Annotated[
+        str | None,
+        typer.Option(help="Project file or slug [default: the ledger's only project]."),
+    ] = None,
+    config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts per status, and why studies failed, were quarantined, ambiguous or excluded
-    (by ledger id; the study's identifiers are masked)."""
+    """Counts per status and per source, and the studies not found, failed, quarantined,
+    ambiguous or excluded, by ledger id with their identifiers masked."""
+    config = _site_path(config)
     try:
         site = load_site_config(config)
     except ConfigError as exc:
         raise _fail_input(str(exc)) from None
     sessions = _ledger(site)
-    counts, by_source = _counts(sessions, project)
+    slug = _project_slug(project, config, sessions)
+    counts, by_source = _counts(sessions, slug)
     with sessions() as session:
-        reasons = {
-            status.value: repo.failures(session, project, (status,))
-            for status in (*repo.NEEDS_ATTENTION, StudyStatus.EXCLUDED)
-        }
+        lines = listed_studies(session, slug)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "project": project,
-                    "counts": counts,
-                    "exported_by_source": by_source,
-                    **{
-                        status: [{"id": i, "reason": r} for i, r in listed]
-                        for status, listed in reasons.items()
-                    },
-                },
-                indent=2,
+        listed = {s.value: [] for s in LISTED}
+        for line in lines:
+            listed[line.status].append(
+                {"id": line.id, "mrn": line.mrn, "accession": line.accession, "reason": line.reason}
             )
-        )
+        report = {"project": slug, "counts": counts, "exported_by_source": by_source, **listed}
+        print(json.dumps(report, indent=2))
         return
-    table = Table(title=f"Project {project}")
-    table.add_column("status")
-    table.add_column("studies", justify="right")
-    for name, n in counts.items():
-        table.add_row(name, str(n))
-    console.print(table)
-    for status, listed in reasons.items():
-        for study_id, reason in listed:
-            console.print(f"  {status} study {study_id}: {reason}", highlight=False)
+    console.print(_counts_table(slug, counts, by_source))
+    if lines:
+        table = Table(title="Studies that did not export (identifiers masked)")
+        for column in ("ledger id", "status", "MRN", "accession", "reason"):
+            table.add_column(column, overflow="fold")
+        for line in lines:
+            table.add_row(str(line.id), line.status, line.mrn, line.accession, line.reason)
+        console.print(table)
 
 
 @app.command()
 def requeue(
-    project: Annotated[str, typer.Option(help="Project slug.")],
+    project: ProjectOption,
     status: Annotated[str, typer.Option(help="not_found, excluded, quarantined or ambiguous.")],
-    config: ConfigOption = Path("pacsflow.yaml"),
+    config: ConfigOption = None,
 ) -> None:
-    """Send a project's not-found, excluded, quarantined or ambiguous studies back to the
-    queue."""
+    """Send a project's not-found, excluded, quarantined or ambiguous studies back to the queue."""
+    config = _site_path(config)
     try:
         site = load_site_config(config)
         wanted = StudyStatus(status)
-        engine = make_engine(site.ledger)
-        migrate(engine)
-        with session_factory(engine)() as session:
-            count = repo.requeue(session, project, wanted)
+        if wanted not in repo.REQUEUEABLE:
+            raise ValueError(
+                f"--status {status!r} cannot be re-queued; choose one of "
+                f"{[s.value for s in repo.REQUEUEABLE]}"
+            )
     except (ConfigError, ValueError) as exc:
         raise _fail_input(str(exc)) from None
-    console.print(f"{count} {status} studies of {project} are pending again; run extract.")
+    sessions = _ledger(site)
+    slug = _project_slug(project, config, sessions)
+    with sessions() as session:
+        count = repo.requeue(session, slug, wanted)
+    console.print(f"{count} {status} studies of {slug} are pending again; run extract.")
 
 
 def _free_port() -> int:
@@ -398,15 +513,64 @@ def demo(
         console.print(f"Done in {time.monotonic() - started:.1f} s.")
     finally:
         site.stop()
+    _tell_where_the_ui_is()
     raise typer.Exit(code)
 
 
+def _tell_where_the_ui_is() -> None:
+    api_url = os.environ.get("PREFECT_API_URL", "")
+    ui = api_url.removesuffix("/api")
+    state = read_state()
+    if is_ours(state) and state.api_url == api_url:
+        console.print(
+            f"The Prefect UI is at {ui}; the server keeps running. Stop it with "
+            "`pacsflow server stop`; `pacsflow status` shows the demo's studies."
+        )
+    else:
+        console.print(f"The Prefect UI is at {ui}; `pacsflow status` shows the demo's studies.")
+
+
+server_app = typer.Typer(help="pacsflow's own local Prefect server.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Where pacsflow's local server is (URL, pid, home) and whether it is running."""
+    state = read_state()
+    if os.environ.get("PREFECT_API_URL"):
+        console.print(f"PREFECT_API_URL is set: commands use {os.environ['PREFECT_API_URL']}")
+    if state is None:
+        console.print("pacsflow has no local Prefect server recorded here (.pacsflow/prefect).")
+        return
+    running = is_ours(state)
+    console.print(
+        f"{'running' if running else 'NOT running'}: {state.api_url.removesuffix('/api')}  "
+        f"pid {state.pid}  home {state.home}  ours: "
+        + ("yes (its token matches)" if running else "no answer with our token on that port"),
+        highlight=False,
+    )
+    if not running:
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop pacsflow's local server by its recorded pid, wait for it, forget it."""
+    stopped = stop_local_server()
+    if stopped is None:
+        console.print("No local Prefect server of pacsflow's was running here.")
+        return
+    console.print(f"Stopped pacsflow's Prefect server (pid {stopped.pid}, port {stopped.port}).")
+
+
 @app.command()
-def receiver(config: ConfigOption = Path("pacsflow.yaml")) -> None:
+def receiver(config: ConfigOption = None) -> None:
     """Run the C-MOVE receiver in the foreground, shared by every flow run on this host."""
     from pacsflow.dicom.peers import allowed_peers
     from pacsflow.dicom.receiver import Receiver
 
+    config = _site_path(config)
     try:
         site = load_site_config(config)
         running = Receiver(site.receiver, site.staging, allowed_peers(site))
@@ -423,16 +587,23 @@ def receiver(config: ConfigOption = Path("pacsflow.yaml")) -> None:
 
 @app.command()
 def serve(
-    project: Annotated[str | None, typer.Option(help="Project for a scheduled pull.")] = None,
+    project: Annotated[
+        str | None, typer.Option(help="Project file or slug for a scheduled pull.")
+    ] = None,
     manifest: Annotated[str | None, typer.Option(help="Manifest for a scheduled pull.")] = None,
     cron: Annotated[str | None, typer.Option(help='Schedule, e.g. "0 2 * * *".')] = None,
+    config: ConfigOption = None,
+    site_name: SiteOption = DEFAULT_SITE,
 ) -> None:
     """Serve the extract-project deployment: trigger runs from the Prefect UI."""
+    if project is not None:
+        # The served runs start elsewhere: hand them the file's absolute path.
+        project = str(_project_file(project, _site_path(config)).resolve())
     server = _connect(verbose=True)
     console.print(f"Serving extract-project; trigger runs at {server.ui_url}/deployments")
     from deployments.serve import serve_deployments
 
-    serve_deployments(project, manifest, cron)
+    serve_deployments(project, manifest, cron, site=site_name)
 
 
 @app.command()
@@ -457,8 +628,8 @@ def deploy(
 
 @app.command("export-linker")
 def export_linker_command(
-    project: Annotated[str, typer.Option(help="Project slug.")],
-    config: ConfigOption = Path("pacsflow.yaml"),
+    project: ProjectOption,
+    config: ConfigOption = None,
     destination: Annotated[
         str | None,
         typer.Option(help="The project's destination; needed when the site declares several."),
@@ -473,6 +644,7 @@ def export_linker_command(
     from pacsflow.export import make_destination
     from pacsflow.linker import export_linker
 
+    config = _site_path(config)
     try:
         site = load_site_config(config)
         if destination is None and len(site.destinations) != 1:
@@ -489,10 +661,10 @@ def export_linker_command(
         target = make_destination(site.destinations[name])
     except ConfigError as exc:
         raise _fail_input(str(exc)) from None
-    engine = make_engine(site.ledger)
-    migrate(engine)
+    sessions = _ledger(site)
+    project = _project_slug(project, config, sessions)
     try:
-        with session_factory(engine)() as session:
+        with sessions() as session:
             result = export_linker(session, project, target, output / project)
     except PacsflowError as exc:
         console.print(f"[bold red]error:[/] sending the linker failed: {exc}", highlight=False)

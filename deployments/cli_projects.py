@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from pacsflow.config import SLUG
 from pacsflow.errors import ConfigError
 
 app = typer.Typer(help="Register projects, so the Prefect run form lists them.")
@@ -29,12 +31,18 @@ def _project_files(config: Path) -> list[Path]:
 @app.command("add")
 def add(
     project_file: Annotated[Path, typer.Argument(help="Project file, e.g. projects/x.yaml")],
-    site: Annotated[str, typer.Option(help="Site block the project belongs to.")] = "default",
+    site: Annotated[
+        str, typer.Option(envvar="PACSFLOW_SITE", help="Site block the project belongs to.")
+    ] = "default",
 ) -> None:
     """Register a project file: the run form then offers the project by name."""
     from deployments.cli import _connect, _fail_input
 
     try:
+        if not re.fullmatch(SLUG, site):
+            raise ConfigError(
+                f"{site!r} is not a site block name: lowercase letters, digits, dashes"
+            )
         if not project_file.exists():
             raise ConfigError(f"no project file at {project_file}; give the path of its YAML")
         _connect()

@@ -35,14 +35,20 @@ SOURCE = Path(__file__).resolve().parents[1]
 
 
 def build_deployment(
-    project: str | None = None, manifest: str | None = None, cron: str | None = None, limit: int = 4
+    project: str | None = None,
+    manifest: str | None = None,
+    cron: str | None = None,
+    limit: int = 4,
+    site: str | None = None,
 ):
     """The deployment; with ``cron``, a recurring pull of one project's manifest.
 
     ``limit`` caps concurrent runs of this deployment; the sources' own tag limits still
-    bound the load on every PACS across all runs.
+    bound the load on every PACS across all runs. ``site`` names the site block its runs
+    use by default (``--site`` of ``pacsflow configure``).
     """
-    parameters = {k: v for k, v in {"project": project, "manifest": manifest}.items() if v}
+    given = {"project": project, "manifest": manifest, "site": site}
+    parameters = {k: v for k, v in given.items() if v}
     deployment = extract_project.to_deployment(
         name=DEPLOYMENT if not cron else f"{DEPLOYMENT}-{_slug(project or 'scheduled')}",
         parameters=parameters,
@@ -52,7 +58,7 @@ def build_deployment(
         description="Find, retrieve, de-identify and export one project's manifest.",
     )
     schema = deployment._parameter_openapi_schema  # Prefect keeps the form's schema here
-    form = form_schema(schema.model_dump(), list(known_projects()))
+    form = form_schema(schema.model_dump(), list(known_projects(site or "default")))
     deployment._parameter_openapi_schema = type(schema).model_validate(form)
     return deployment
 
@@ -71,11 +77,14 @@ def _slug(text: str) -> str:
 
 
 def serve_deployments(
-    project: str | None = None, manifest: str | None = None, cron: str | None = None
+    project: str | None = None,
+    manifest: str | None = None,
+    cron: str | None = None,
+    site: str | None = None,
 ) -> None:
-    deployments = [build_deployment(), build_chunk_deployment()]
+    deployments = [build_deployment(site=site), build_chunk_deployment()]
     if cron:
-        deployments.append(build_deployment(project, manifest, cron))
+        deployments.append(build_deployment(project, manifest, cron, site=site))
     enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
     serve(*deployments)
 

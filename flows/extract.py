@@ -46,7 +46,7 @@ def check_key_and_profile(site: str, project: ProjectConfig, force_key_change: b
     Also builds the de-identification profile, so a bad profile file fails the run
     before any study is touched, and records its fingerprint for audit.
     """
-    key = pseudonymizer(project, ttl=0)  # as the Secret block is now
+    key = pseudonymizer(project, site, ttl=0)  # as the Secret block is now
     fingerprint = key.hash_text("pacsflow key fingerprint", "fingerprint")
     with workspace(site).sessions() as session:
         repo.check_project_key(session, project.name, fingerprint, force=force_key_change)

@@ -213,12 +213,13 @@ def export_lane(site: str, project: ProjectConfig, lane: int, handoff: str) -> d
     ws = workspace(site)
     counts: Counter[str] = Counter()
     with ws.leases.held():  # staged studies stay claimed until exported
-        _export(ws, project, _handoffs[handoff], counts, logger)
+        _export(ws, site, project, _handoffs[handoff], counts, logger)
     return dict(counts)
 
 
 def _export(
     ws: pipeline.Workspace,
+    site: str,
     project: ProjectConfig,
     queue_: Handoff,
     counts: Counter[str],
@@ -228,7 +229,7 @@ def _export(
     while (study_id := queue_.get()) is not None:
         try:
             status = pipeline.deidentify_and_export(
-                ws, study_id, project, pseudonymizer(project), profile(project)
+                ws, study_id, project, pseudonymizer(project, site), profile(project)
             )
         except Exception as exc:
             failure = failures.describe("de-identify and export", exc)

@@ -68,14 +68,17 @@ def workspace(site_block: str, ttl: float = TTL) -> Workspace:
         return _workspaces[key]
 
 
-def pseudonymizer(project: ProjectConfig, ttl: float = TTL) -> Pseudonymizer:
-    """The project's pseudonymizer from its Secret block, read at most every ``ttl`` s.
+def pseudonymizer(project: ProjectConfig, site: str, ttl: float = TTL) -> Pseudonymizer:
+    """The project's pseudonymizer from its Secret block for ``site``, read at most every
+    ``ttl`` s (the Secret is named per site: ``blocks.secrets``).
 
     The run's key check reads it with ``ttl=0``, so a key changed in the UI is refused
     at the start of the next run (see ``repository.check_project_key``).
     """
     key = _cached(
-        ("key", project.key_secret_name), lambda: project_key(project.key_secret_name), ttl
+        ("key", site, project.key_secret_name),
+        lambda: project_key(project.key_secret_name, site),
+        ttl,
     )
     with _lock:
         if key not in _pseudonymizers:

@@ -43,6 +43,8 @@ from typing import Any, TypeVar
 
 import requests
 
+from deployments.server import pid_alive as _pid_alive
+
 ORTHANC_BIN_ENV = "PACSFLOW_ORTHANC_BIN"
 """Environment variable that can point at a specific ``Orthanc`` executable."""
 
@@ -103,22 +105,6 @@ def _set_parent_death_signal(sig: int = signal.SIGTERM) -> None:  # pragma: no c
         libc.prctl(pr_set_pdeathsig, sig)
     except Exception:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # Field 3 (after the parenthesised command name) is the state.
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

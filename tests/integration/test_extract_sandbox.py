@@ -199,6 +199,7 @@ def test_a_changed_key_is_refused_after_exports_unless_forced(sandbox, prefect_a
     """New pseudonyms would not link to earlier exports: the run stops before any study."""
     from prefect.blocks.system import Secret
 
+    from blocks.secrets import key_secret_name
     from blocks.site import save_site
     from flows.extract import extract_project
     from pacsflow.deid.pseudonyms import new_key
@@ -209,7 +210,9 @@ def test_a_changed_key_is_refused_after_exports_unless_forced(sandbox, prefect_a
     run = {"project": str(sandbox.project_path), "manifest": str(sandbox.manifest_path)}
     assert extract_project(**run, return_state=True).is_completed()
 
-    Secret(value=new_key()).save(project.key_secret_name, overwrite=True)
+    Secret(value=new_key()).save(
+        key_secret_name("default", project.key_secret_name), overwrite=True
+    )
     refused = extract_project(**run, return_state=True)
     assert refused.is_failed()
     assert "pseudonymisation key is not the one" in str(refused.result(raise_on_failure=False))

@@ -111,10 +111,21 @@ def test_status_json_reports_counts_without_identifiers(tmp_path):
     report = json.loads(result.output)
     assert report["counts"]["failed"] == 2 and report["counts"]["pending"] == 0
     assert report["failed"] == [
-        {"id": 1, "reason": "SourceUnavailable: source VNA refused the association"},
-        {"id": 2, "reason": "fetch: ValueError: bad PatientID <mrn>"},
+        {
+            "id": 1,
+            "mrn": "MR******45",
+            "accession": "AC**77",
+            "reason": "SourceUnavailable: source VNA refused the association",
+        },
+        {
+            "id": 2,
+            "mrn": "MR******99",
+            "accession": "AC**88",
+            "reason": "fetch: ValueError: bad PatientID <mrn>",
+        },
     ]
     assert report["quarantined"] == [] and report["excluded"] == []
+    assert report["not_found"] == []
     for identifier in ("MRN0012345", "ACC777", "MRN0099999", "ACC888"):
         assert identifier not in result.output
 
@@ -126,3 +137,164 @@ def test_requeue_refuses_exported_with_exit_2(tmp_path):
     )
     assert result.exit_code == 2
     assert "cannot be re-queued" in result.output
+
+
+def _demo_layout(root: Path) -> Path:
+    """What `pacsflow demo` leaves: .pacsflow/demo/{pacsflow.yaml,projects/,ledger}."""
+    folder = root / ".pacsflow" / "demo"
+    (folder / "projects").mkdir(parents=True)
+    config = {
+        "ledger": f"sqlite:///{folder / 'ledger.db'}",
+        "staging": str(folder / "staging"),
+        "sources": {
+            "primary": {"ae_title": "PRIMARY", "host": "127.0.0.1", "port": 104},
+            "secondary": {"ae_title": "SECONDARY", "host": "127.0.0.1", "port": 105},
+        },
+        "destinations": {"local": {"type": "filesystem", "path": str(folder / "export")}},
+    }
+    (folder / "pacsflow.yaml").write_text(yaml.safe_dump(config))
+    project = {"name": "sandbox-demo", "sources": ["primary", "secondary"], "destination": "local"}
+    (folder / "projects" / "sandbox-demo.yaml").write_text(yaml.safe_dump(project))
+    return folder
+
+
+def _ledger_with_outcomes(folder: Path, project: str = "sandbox-demo") -> None:
+    """Four studies: exported from primary, from secondary, one not found, one failed."""
+    import datetime as dt
+
+    from pacsflow.ledger import make_engine, migrate, session_factory
+    from pacsflow.ledger import repository as repo
+    from pacsflow.ledger.models import StudyStatus
+    from pacsflow.manifest import ManifestRow
+
+    rows = [
+        ManifestRow(row=i, study_date=dt.date(2024, 1, i), mrn=mrn, accession_number=acc)
+        for i, (mrn, acc) in enumerate(
+            [
+                ("11000011", "ACC10001"),
+                ("22000022", "ACC20002"),
+                ("12345689", "ACC30003"),
+                ("98765432", "ACC40004"),
+            ],
+            start=1,
+        )
+    ]
+    engine = make_engine(f"sqlite:///{folder / 'ledger.db'}")
+    migrate(engine)
+    with session_factory(engine)() as session:
+        repo.ingest_manifest(session, project, rows)
+        repo.update_study(session, 1, status=StudyStatus.EXPORTED, source="primary")
+        repo.update_study(session, 2, status=StudyStatus.EXPORTED, source="secondary")
+        repo.update_study(session, 3, status=StudyStatus.NOT_FOUND)
+        repo.mark_failed(session, 4, "SourceUnavailable: source SECONDARY timed out")
+
+
+def test_status_without_flags_finds_the_demo_and_lists_studies_masked(tmp_path, monkeypatch):
+    folder = _demo_layout(tmp_path)
+    _ledger_with_outcomes(folder)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "160")
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0, result.output
+    assert "sandbox-demo" in result.output
+    assert "exported from primary" in result.output
+    assert "exported from secondary" in result.output
+    lines = result.output.splitlines()
+    not_found = next(line for line in lines if "not_found" in line and "12****89" in line)
+    assert "3" in not_found.split("12****89")[0], "listed by ledger id"
+    failed = next(line for line in lines if "98****32" in line)
+    assert "failed" in failed and "timed out" in failed
+    for identifier in ("12345689", "98765432", "ACC30003", "ACC40004"):
+        assert identifier not in result.output
+
+
+def test_project_is_a_file_or_a_slug_for_status_and_requeue(tmp_path, monkeypatch):
+    folder = _demo_layout(tmp_path)
+    _ledger_with_outcomes(folder)
+    monkeypatch.chdir(tmp_path)
+    project_file = str(folder / "projects" / "sandbox-demo.yaml")
+    by_file = runner.invoke(app, ["status", "--project", project_file, "--json"])
+    by_slug = runner.invoke(app, ["status", "--project", "sandbox-demo", "--json"])
+    assert by_file.exit_code == by_slug.exit_code == 0, by_file.output + by_slug.output
+    assert by_file.output == by_slug.output
+    assert '"not_found": 1' in by_slug.output
+    requeued = runner.invoke(app, ["requeue", "--project", project_file, "--status", "not_found"])
+    assert requeued.exit_code == 0, requeued.output
+    assert "1 not_found studies of sandbox-demo are pending again" in requeued.output
+
+
+def test_an_unknown_project_exits_2_listing_the_known_ones(tmp_path, monkeypatch):
+    folder = _demo_layout(tmp_path)
+    _ledger_with_outcomes(folder)
+    _ledger_with_outcomes(folder, project="old-project")  # known from the ledger only
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("mrn,accession_number,study_date\n123,A1,2024-01-02\n")
+    for args in (
+        ["status", "--project", "sandbox-dmeo"],
+        ["requeue", "--project", "sandbox-dmeo", "--status", "not_found"],
+        ["extract", "--project", "sandbox-dmeo", "--manifest", str(manifest)],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "unknown project 'sandbox-dmeo'" in result.output
+        assert "sandbox-demo" in result.output
+    status = runner.invoke(app, ["status", "--project", "sandbox-dmeo"])
+    assert "old-project" in status.output, "projects in the ledger are known too"
+
+
+def test_extract_takes_a_slug_and_validates_its_project_file(tmp_path, monkeypatch):
+    """The slug finds projects/<slug>.yaml beside the site file; input checks still run."""
+    folder = _demo_layout(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("mrn,accession_number,study_date\n123,A1,2024-13-02\n")
+    result = runner.invoke(
+        app, ["extract", "--project", "sandbox-demo", "--manifest", str(manifest)]
+    )
+    assert result.exit_code == 2
+    assert "row 1, column study_date" in result.output
+    assert not (folder / "ledger.db").exists()
+
+
+def test_no_site_config_anywhere_exits_2_saying_what_to_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert "pacsflow.yaml" in result.output and "--config" in result.output
+
+
+def test_status_without_project_and_several_in_the_ledger_lists_them(tmp_path, monkeypatch):
+    folder = _demo_layout(tmp_path)
+    _ledger_with_outcomes(folder)
+    _ledger_with_outcomes(folder, project="lung-ct")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert "lung-ct" in result.output and "sandbox-demo" in result.output
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"pacsflow {version('pacsflow')}"
+
+
+def test_mask_keeps_two_characters_at_each_end():
+    from deployments.status import mask
+
+    assert mask("12345689") == "12****89"
+    assert mask("MRN0012345") == "MR******45"
+    assert mask("12345") == "*****"
+    assert mask(None) == ""
+
+
+def test_a_site_name_that_cannot_name_a_block_exits_2(tmp_path):
+    config = _write_site(tmp_path)
+    result = runner.invoke(
+        app, ["configure", str(config), "--site", "Site One"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2
+    assert "'Site One' is not a block name" in result.output
