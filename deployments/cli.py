@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+import zoneinfo
 from pathlib import Path
 from typing import Annotated
 
@@ -592,10 +593,19 @@ def serve(
     ] = None,
     manifest: Annotated[str | None, typer.Option(help="Manifest for a scheduled pull.")] = None,
     cron: Annotated[str | None, typer.Option(help='Schedule, e.g. "0 2 * * *".')] = None,
+    timezone: Annotated[
+        str, typer.Option(help="IANA time zone of --cron, e.g. Europe/London.")
+    ] = "UTC",
     config: ConfigOption = None,
     site_name: SiteOption = DEFAULT_SITE,
 ) -> None:
     """Serve the extract-project deployment: trigger runs from the Prefect UI."""
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise _fail_input(
+            f"unknown time zone {timezone!r}; use an IANA name like Europe/London"
+        ) from None
     if project is not None:
         # The served runs start elsewhere: hand them the file's absolute path.
         project = str(_project_file(project, _site_path(config)).resolve())
@@ -603,7 +613,7 @@ def serve(
     console.print(f"Serving extract-project; trigger runs at {server.ui_url}/deployments")
     from deployments.serve import serve_deployments
 
-    serve_deployments(project, manifest, cron, site=site_name)
+    serve_deployments(project, manifest, cron, site=site_name, timezone=timezone)
 
 
 @app.command()

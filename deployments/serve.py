@@ -40,6 +40,7 @@ def build_deployment(
     cron: str | None = None,
     limit: int = 4,
     site: str | None = None,
+    timezone: str = "UTC",
 ):
     """The deployment; with ``cron``, a recurring pull of one project's manifest.
 
@@ -52,7 +53,7 @@ def build_deployment(
     deployment = extract_project.to_deployment(
         name=DEPLOYMENT if not cron else f"{DEPLOYMENT}-{_slug(project or 'scheduled')}",
         parameters=parameters,
-        schedules=[Cron(cron, timezone="UTC")] if cron else None,
+        schedules=[Cron(cron, timezone=timezone)] if cron else None,
         concurrency_limit=limit,
         tags=["pacsflow"],
         description="Find, retrieve, de-identify and export one project's manifest.",
@@ -81,10 +82,11 @@ def serve_deployments(
     manifest: str | None = None,
     cron: str | None = None,
     site: str | None = None,
+    timezone: str = "UTC",
 ) -> None:
     deployments = [build_deployment(site=site), build_chunk_deployment()]
     if cron:
-        deployments.append(build_deployment(project, manifest, cron, site=site))
+        deployments.append(build_deployment(project, manifest, cron, site=site, timezone=timezone))
     enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
     serve(*deployments)
 
