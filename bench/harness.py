@@ -160,6 +160,7 @@ def sandbox_process(
     instances: int = 1,
     retrieve_delay: float = 0.0,
     ae_title: str = "SLOWPACS",
+    seed: int = 0,
     timeout: float = 300,
 ) -> Iterator[SandboxProcess]:
     """A seeded sandbox PACS in a child process; C-MOVE ``destinations`` are AE -> port."""
@@ -173,6 +174,7 @@ def sandbox_process(
         "bench.sandbox_server",
         *("--storage", str(root / "storage"), "--port", "0"),  # it reports the real port
         *("--ae-title", ae_title, "--studies", str(studies), "--instances", str(instances)),
+        *("--seed", str(seed)),
         *("--retrieve-delay", str(retrieve_delay), "--activity-log", str(root / "activity.jsonl")),
         *("--manifest", str(root / "manifest.csv"), "--ready", str(ready)),
     ]
