@@ -7,7 +7,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from pacsflow.config import RetrieveMethod, SourceConfig
+from pacsflow.config import SourceConfig, SourceTLS
 from pacsflow.windows import ExtractionWindows
 
 
@@ -39,6 +39,18 @@ class DicomSource(Block):
         default=[10.0, 60.0, 180.0],
         description="Seconds before each retry when the source is down or answers badly.",
     )
+    tls: SourceTLS | None = Field(
+        default=None,
+        description="DICOM over TLS: ca_file, and cert_file/key_file for a client "
+        "certificate (paths of PEM files on the workers); empty: plain TCP.",
+    )
+    store_ae_titles: list[str] = Field(
+        default=[],
+        description="AE titles the source sends C-MOVE results with, when not its own.",
+    )
+    store_hosts: list[str] = Field(
+        default=[], description="Other hosts the source sends C-MOVE results from."
+    )
     windows: ExtractionWindows | None = Field(
         default=None,
         description="When the source may be queried, e.g. timezone Europe/London, open "
@@ -50,14 +62,7 @@ class DicomSource(Block):
         return cls(**config.model_dump(mode="json"))
 
     def to_config(self) -> SourceConfig:
-        return SourceConfig(
-            ae_title=self.ae_title,
-            host=self.host,
-            port=self.port,
-            max_concurrent=self.max_concurrent,
-            retrieve=RetrieveMethod(self.retrieve),
-            timeout=self.timeout,
-            retry_delays=self.retry_delays,
-            max_images=self.max_images,
-            windows=self.windows,
+        """The source as pacsflow's domain sees it (every field of SourceConfig)."""
+        return SourceConfig.model_validate(
+            {name: getattr(self, name) for name in SourceConfig.model_fields}
         )

@@ -43,6 +43,33 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class SourceTLS(_Frozen):
+    """DICOM over TLS to a source (PS3.15 Annex B): verify it, optionally prove who we are.
+
+    Paths name PEM files on every worker; the files stay there (a private key never
+    goes into a Prefect block).
+    """
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates that signed the source's certificate (PEM); "
+        "default: the system's.",
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Our client certificate (PEM), if the source asks for one."
+    )
+    key_file: Path | None = Field(default=None, description="The private key of cert_file.")
+    check_hostname: bool = Field(
+        default=True, description="Require the certificate to name the source's host."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> SourceTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together (or neither)")
+        return self
+
+
 class SourceConfig(_Frozen):
     """A DICOM query/retrieve SCP that we pull from."""
 
@@ -61,6 +88,9 @@ class SourceConfig(_Frozen):
         ge=1,
         description="Most instances being retrieved from this source at once, across every "
         "project, flow run and worker; None sets no image limit.",
+    )
+    tls: SourceTLS | None = Field(
+        default=None, description="Talk DICOM over TLS to this source; None: plain TCP."
     )
     store_ae_titles: list[str] = Field(
         default=[],

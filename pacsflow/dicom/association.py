@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (
 from pacsflow.config import RetrieveMethod, SourceConfig
 from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
 from pacsflow.dicom.storage import handle_store
+from pacsflow.dicom.tls import tls_args
 from pacsflow.errors import SourceUnavailable
 
 
@@ -73,6 +74,7 @@ class SourceAssociation:
             ae_title=source.ae_title,
             ext_neg=roles or None,
             evt_handlers=handlers,
+            tls_args=tls_args(source),
         )
         if not assoc.is_established:
             raise SourceUnavailable(

@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -162,6 +163,7 @@ class SandboxPacs:
         timeout: float = 30.0,
         retrieve_delay: float = 0.0,
         activity_log: Path | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if retrieve_delay < 0:
             raise ValueError(
@@ -183,6 +185,8 @@ class SandboxPacs:
         self._server: ThreadedAssociationServer | None = None
         self.retrieve_delay = retrieve_delay
         self.activity_log = Path(activity_log) if activity_log is not None else None
+        #: Serve DICOM over TLS with this server context (None: plain TCP).
+        self.ssl_context = ssl_context
         self._activity: list[Operation] = []
         self._sequence = itertools.count(1)
         self._log_fd: int | None = None
@@ -228,6 +232,7 @@ class SandboxPacs:
                 block=False,
                 evt_handlers=handlers,
                 contexts=self._server_contexts(),
+                ssl_context=self.ssl_context,
             )
         except OSError as exc:
             self._close_log()

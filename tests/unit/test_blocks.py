@@ -51,7 +51,14 @@ def test_source_block_round_trips_every_setting():
         retry_delays=[1, 2],
         max_images=500,
         windows={"timezone": "Europe/London", "open": ["mon-fri 20:00-08:00"]},
+        tls={"ca_file": "/etc/pacsflow/ca.pem", "check_hostname": False},
+        store_ae_titles=["VNA-OUT"],
+        store_hosts=["10.1.2.4"],
     )
+    # Every setting differs from its default, so a field the block drops would show.
+    defaults = SourceConfig(ae_title="X", host="h", port=1)
+    changed = {name for name in SourceConfig.model_fields if name not in ("ae_title", "host")}
+    assert all(getattr(config, n) != getattr(defaults, n) for n in changed - {"port"})
     assert DicomSource.from_config(config).to_config() == config
 
 
