@@ -8,6 +8,7 @@ both the requesting and the accepting side.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 
@@ -45,3 +46,22 @@ def make_ae(ae_title: str, timeout: float = 60.0) -> AE:
     # Studies can be large; let pynetdicom negotiate the biggest PDU the peer allows.
     ae.maximum_pdu_size = 0
     return ae
+
+
+class QuicklyCopiedContexts(list):
+    """Supported presentation contexts that pynetdicom copies cheaply.
+
+    pynetdicom deep-copies a server's supported contexts for every association it
+    accepts. For our receiver (120 storage SOP classes x 45 transfer syntaxes) that costs
+    ~20 ms per C-MOVE, paid once per study. Each context holds only immutable values
+    (UID strings, bools, ints) and one list of transfer syntaxes, so copying the objects
+    and that list is a full copy for every purpose of negotiation.
+    """
+
+    def __deepcopy__(self, memo: dict) -> list:
+        copies = []
+        for context in self:
+            clone = copy.copy(context)
+            clone._transfer_syntax = list(context._transfer_syntax)
+            copies.append(clone)
+        return copies

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ReceiverConfig
 from pacsflow.dicom import routes
-from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
+from pacsflow.dicom.network import NODELAY_HANDLERS, QuicklyCopiedContexts, make_ae
 from pacsflow.dicom.peers import AllowedPeers
 from pacsflow.dicom.storage import handle_store
 from pacsflow.errors import ConfigError
@@ -125,7 +125,10 @@ class Receiver:
         while True:
             try:
                 self._server = ae.start_server(
-                    (self.config.host, self.config.port), block=False, evt_handlers=handlers
+                    (self.config.host, self.config.port),
+                    block=False,
+                    evt_handlers=handlers,
+                    contexts=QuicklyCopiedContexts(ae.supported_contexts),
                 )
                 break
             except OSError as exc:

@@ -90,3 +90,19 @@ def test_the_receiver_refuses_a_sources_title_from_another_address(tmp_path: Pat
         assert "store_hosts" in (elsewhere.refusal("PRIMARY", "127.0.0.1") or "")
     finally:
         receiver.stop()
+
+
+def test_the_receivers_quick_copy_of_its_contexts_is_a_full_copy() -> None:
+    import copy
+
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts
+
+    from pacsflow.dicom.network import QuicklyCopiedContexts
+
+    ae = AE()
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    quick = copy.deepcopy(QuicklyCopiedContexts(ae.supported_contexts))
+    assert [vars(c) for c in quick] == [vars(c) for c in copy.deepcopy(ae.supported_contexts)]
+    quick[0].transfer_syntax.append("1.2.840.10008.1.2.4.999")  # negotiation may edit it
+    assert "1.2.840.10008.1.2.4.999" not in ae.supported_contexts[0].transfer_syntax
