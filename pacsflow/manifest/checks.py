@@ -98,9 +98,9 @@ def _column_content(table: Table, column: str) -> tuple[list[Problem], pd.Series
         formula,
         Check.CONTENT,
         lambda line, i: (
-            f"{where(line, column)}: starts with {cells.iat[i][0]!r}, as a spreadsheet "
-            "formula does; pacsflow refuses formulas: write the value itself "
-            "(Excel: copy the column, then Paste Special > Values)"
+            f"{where(line, column)}: starts with {cells.iat[i][0]!r} like a spreadsheet "
+            "formula; pacsflow refuses formulas, as the value they stand for is unknown: "
+            "write the value itself (Excel: copy the column, then Paste Special > Values)"
         ),
     )
     return problems, control | too_long | formula
