@@ -6,6 +6,7 @@ No Prefect here: these are the plain functions the tasks wrap, run on a SQLite l
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from pydicom import Dataset
 from sqlalchemy import Engine
 
+from pacsflow import failures
 from pacsflow.config import (
     FilesystemDestinationConfig,
     ProjectConfig,
@@ -391,3 +393,59 @@ def test_find_study_with_a_silent_peer_times_out() -> None:
         with pytest.raises(SourceUnavailable, match="refused or did not answer"):
             find_study(source, "PACSFLOW", StudyQuery(study_uid="1.2.3"))
         assert time.monotonic() - start < 3
+
+
+# -- corrupt data from a source --------------------------------------------------------
+
+#: In the secondary, with its second instance's file cut in the middle of the pixel data.
+TRUNCATED = study_of(PATIENTS[1], "ACC2004", "CT", n_series=1, n_instances=2)
+
+
+def _process(ws: Workspace, study_id: int, source: str) -> None:
+    """What a lane does with one study: run its steps, and record a failure as lanes do."""
+    step = "fetch"
+    try:
+        begin(ws, study_id)
+        assert locate(ws, study_id, source)
+        fetch(ws, study_id, source)
+        step = "de-identify and export"
+        deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC)
+    except Exception as exc:
+        with ws.sessions() as session:
+            failures.record(session, study_id, ws.owner, failures.describe(step, exc), 1, [])
+
+
+def test_a_truncated_instance_fails_its_study_alone_with_the_reason(
+    ws: Workspace, site: SiteConfig, secondary: SandboxPacs, tmp_path: Path
+) -> None:
+    files = []
+    for ds in TRUNCATED:
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])  # a transfer cut short, stored as it came
+    secondary.add_files(files)
+    broken = add_study(ws, TRUNCATED)
+    good = add_study(ws, IN_SECONDARY)
+
+    _process(ws, broken, "secondary")
+    _process(ws, good, "secondary")
+
+    study = ledger_row(ws, broken)
+    assert study.status == StudyStatus.FAILED, study.last_error
+    assert study.error_type == "CorruptInstance"
+    assert re.fullmatch(
+        r"CorruptInstance: instance [12] of 2 from secondary is not whole: pixel data of "
+        r"[\d,]+ bytes where its image attributes need 32,768 bytes; .*",
+        study.last_error,
+    ), study.last_error
+    # Nothing of it reached the destination or stays in staging; the other study exported.
+    exported = site.destinations["local"].path / PROJECT.name
+    pseudo_patient = PSEUDONYMIZER.patient_id(str(TRUNCATED[0].PatientID))
+    pseudo_study = PSEUDONYMIZER.uid(str(TRUNCATED[0].StudyInstanceUID))
+    assert not (exported / pseudo_patient / pseudo_study).exists()
+    assert not storage.study_dir(ws.staging, PROJECT.name, study.found_study_uid).exists()
+    assert not (ws.staging / "deid" / study.ref).exists()
+    assert ledger_row(ws, good).status == StudyStatus.EXPORTED
+    assert ledger_row(ws, good).exported_instances == 3
