@@ -18,6 +18,8 @@ from pydicom.pixels.utils import get_expected_length
 
 from pacsflow.errors import PermanentError
 
+_PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
 
 class CorruptInstance(PermanentError):
     """An instance from a source is not whole; repeating the retrieval gets the same."""
@@ -28,6 +30,10 @@ def pixel_data_problem(ds: Dataset) -> str | None:
 
     The reason holds lengths only, never a value of the dataset.
     """
+    if not any(keyword in ds for keyword in _PIXEL_DATA):
+        if "Rows" in ds:  # an image whose file ends before its pixel data
+            return "no pixel data, though its image attributes (Rows, Columns) say it is an image"
+        return None
     if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
         return None
     try:
