@@ -29,6 +29,7 @@ import flows.extract
 from pacsflow.errors import ManifestError
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger.models import Base
+from pacsflow.manifest.places import column_letter
 
 PROJECT = "my-study"
 HEADER = "mrn,accession_number,study_date"
@@ -284,6 +285,16 @@ REFUSED = {
         "stored as double in the parquet file",
         "store study dates as a date column or as text YYYY-MM-DD",
     ),
+    "parquet, impossible date as text": Refused(
+        parquet(
+            mrn=["MRN0001", "MRN0002"],
+            accession_number=["ACC0001", "ACC0002"],
+            study_date=["2024-03-01", "2024-02-30"],
+        ),
+        "line 3, column C (study_date)",
+        "not a date",
+        "write YYYY-MM-DD",
+    ),
     "text named .parquet": Refused(
         csv_bytes(f"{HEADER}\n{GOOD}\n".encode(), name="manifest.parquet"),
         "line 1",
@@ -351,6 +362,13 @@ def test_the_corpus_is_large_enough() -> None:
     assert len(REFUSED) >= 20
 
 
+@pytest.mark.parametrize(
+    ("index", "letters"), [(0, "A"), (2, "C"), (25, "Z"), (26, "AA"), (701, "ZZ"), (702, "AAA")]
+)
+def test_columns_are_lettered_as_a_spreadsheet_does(index: int, letters: str) -> None:
+    assert column_letter(index) == letters
+
+
 # -- accepted on purpose --------------------------------------------------------------------
 
 
@@ -374,6 +392,9 @@ ACCEPTED = {
     "whitespace around values and names": csv_text(
         " MRN , Accession_Number ,study_date \n  MRN0001 ,\tACC0001\t, 2024-03-01\n"
         "MRN0002 ,  ACC0002,20240302  \n"
+    ),
+    "empty columns after the last one (Excel)": csv_text(
+        f"{HEADER},,\n{GOOD},,\nMRN0002,ACC0002,2024-03-02,,\n,,,,\n"
     ),
     "an exact duplicate row": csv_text(f"{HEADER}\n{GOOD}\nMRN0002,ACC0002,2024-03-02\n{GOOD}\n"),
 }
