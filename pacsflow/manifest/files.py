@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pacsflow.errors import ManifestError
-from pacsflow.manifest.places import FIRST_DATA_LINE, Columns, column_letter, refuse_file
+from pacsflow.manifest.places import FIRST_DATA_LINE, Columns, column_letter, place, refuse_file
 from pacsflow.manifest.rows import KNOWN_COLUMNS, REQUIRED_COLUMNS
 
 #: How to write a manifest that reads, in the words of the programs people use.
@@ -109,7 +109,13 @@ def _read_csv(path: Path) -> tuple[list[str], pd.DataFrame]:
             skip_blank_lines=False,
         )
     except pd.errors.ParserError:
-        raise refuse_file(path, _ragged_row(text)) from None
+        raise refuse_file(path, _unsplittable_row(text)) from None
+    except pd.errors.EmptyDataError:  # text, but nothing on line 1
+        raise refuse_file(
+            path,
+            "line 1: is empty; the first line must be the header, e.g. "
+            "mrn,accession_number,study_date: remove the empty lines above it",
+        ) from None
     names = [str(name).strip().lower() for name in frame.iloc[0]]
     return names, frame.iloc[1:].reset_index(drop=True)
 
@@ -129,7 +135,8 @@ def _decode(path: Path, raw: bytes) -> str:
 
 def _records(text: str) -> list[list[str]]:
     """The file as a spreadsheet splits it: one list of cells per line (quotes honoured)."""
-    return list(csv.reader(io.StringIO(text)))
+    # newline="": a lone CR ends a line too, as it does for pandas and for spreadsheets.
+    return list(csv.reader(io.StringIO(text, newline="")))
 
 
 def _place_of_end(before: str) -> str:
@@ -138,27 +145,31 @@ def _place_of_end(before: str) -> str:
         records = _records(before + "x")  # the sentinel opens the cell that follows
     except csv.Error:  # a cell larger than the csv module's limit: the line is enough
         return f"line {before.count(chr(10)) + 1}"
-    line, cells = len(records), len(records[-1])
+    line, index = len(records), len(records[-1]) - 1
     header = [name.strip().lower() for name in records[0]] if line > 1 else []
-    if line == 1:
-        return f"line 1, column {column_letter(cells - 1)}"
-    return Columns(header).cell(line, header[cells - 1]) if cells <= len(header) else f"line {line}"
+    return place(line, index, header[index] if index < len(header) else "")
 
 
-def _ragged_row(text: str) -> str:
-    """The problem of the first row with more cells than the header."""
+def _unsplittable_row(text: str) -> str:
+    """The problem of the first row pandas could not split: more cells than the header,
+    or a quote that is not paired (what a spreadsheet shows as cells run together)."""
+    number = 0  # the last line split without an error
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        records = _records(text)
+        width, number = len(next(reader)), 1
+        for number, record in enumerate(reader, start=2):
+            if len(record) > width:
+                return (
+                    f"line {number}: has {len(record)} cells but the header has {width}; "
+                    "quote a cell that holds a comma, or remove the extra cells"
+                )
     except csv.Error:
-        return "a row has more cells than the header; quote every cell that holds a comma"
-    width = len(records[0])
-    for number, record in enumerate(records, start=1):
-        if len(record) > width:
-            return (
-                f"line {number}: has {len(record)} cells but the header has {width}; "
-                "quote a cell that holds a comma, or remove the extra cells"
-            )
-    return "a row has more cells than the header; quote every cell that holds a comma"
+        return (
+            f'line {number + 1}: a quote (") is not paired, or a cell is over '
+            f"{csv.field_size_limit():,} characters; put a cell that holds a comma or a "
+            'quote in quotes, and double each quote inside it ("")'
+        )
+    return f"line 1: the file cannot be split into a header and rows; {SAVE_AS_CSV}"
 
 
 def _read_parquet(path: Path) -> tuple[list[str], pd.DataFrame]:

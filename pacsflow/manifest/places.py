@@ -27,23 +27,30 @@ def column_letter(index: int) -> str:
     return letters
 
 
+def place(line: int, index: int | None = None, name: str = "") -> str:
+    """``line 3``, ``line 3, column B`` or ``line 3, column B (mrn)``: as much as is known."""
+    if index is None:
+        return f"line {line}"
+    return f"line {line}, column {column_letter(index)}" + (f" ({name})" if name else "")
+
+
 class Columns:
     """The file's header: which letter each column name sits under."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self._letters: dict[str, str] = {}
+        self._indexes: dict[str, int] = {}
         for index, name in enumerate(names):
-            self._letters.setdefault(name, column_letter(index))
+            self._indexes.setdefault(name, index)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._letters
+        return name in self._indexes
 
     def cell(self, line: int, name: str) -> str:
         """``line 3, column B (mrn)``; a column the file lacks is named as absent."""
-        if name not in self._letters:
+        if name not in self._indexes:
             return f"line {line}, column {name} (not in the file)"
-        return f"line {line}, column {self._letters[name]} ({name})"
+        return place(line, self._indexes[name], name)
 
     def header(self, name: str) -> str:
         """The header cell of column ``name``: ``line 1, column B (mrn)``."""

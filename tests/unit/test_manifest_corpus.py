@@ -15,6 +15,7 @@ duplicate rows (PIXL's export repeats a study on one row per series).
 from __future__ import annotations
 
 import re
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,12 +24,15 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 import flows.extract
 from pacsflow.errors import ManifestError
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger.models import Base
+from pacsflow.manifest import read_manifest
 from pacsflow.manifest.places import column_letter
 
 PROJECT = "my-study"
@@ -41,8 +45,9 @@ PIXL_HEADER = (
 )
 #: Identifiers the cases use; an error message must never show any of them.
 IDENTIFIERS = re.compile(r"MRN\d{4}|ACC\d{4}")
-#: What a problem starts with: ``line N`` and, where a cell is at fault, its column.
-PLACE = re.compile(r"^line \d+(, column [A-Z]+ \([a-z_]+\))?: ")
+#: What a problem starts with: ``line N`` and, where a cell is at fault, its column's
+#: letter and header name (no name when the header cell itself cannot be read).
+PLACE = re.compile(r"^line \d+(, column [A-Z]+( \([^()]+\))?)?: ")
 #: The ledger's studies before each case: MRN9xxx, so a case's own rows are new to it.
 KNOWN = "mrn,accession_number,study_date\nMRN9001,ACC9001,2024-01-01\nMRN9002,ACC9002,2024-01-02\n"
 
@@ -325,6 +330,24 @@ REFUSED = {
         "contains a control character",
         "remove it",
     ),
+    "a quote not paired": Refused(
+        rows('"MRN0002,ACC0002,2024-03-02', "MRN0003,ACC0003,2024-03-03"),
+        "line 3",
+        'a quote (") is not paired',
+        'put a cell that holds a comma or a quote in quotes, and double each quote inside it ("")',
+    ),
+    "an empty first line": Refused(
+        csv_text(f"\n{HEADER}\n{GOOD}\n"),
+        "line 1",
+        "is empty; the first line must be the header",
+        "remove the empty lines above it",
+    ),
+    "old Mac line ends (a lone CR) with an extra cell": Refused(
+        csv_text(f"{HEADER}\r{GOOD}\rMRN0002,ACC0002,2024-03-02,extra\r"),
+        "line 3",
+        "has 4 cells but the header has 3",
+        "quote a cell that holds a comma",
+    ),
     "no identifiers": Refused(
         rows("MRN0002,,2024-03-02"),
         "line 3, column B (accession_number)",
@@ -367,6 +390,47 @@ def test_the_corpus_is_large_enough() -> None:
 )
 def test_columns_are_lettered_as_a_spreadsheet_does(index: int, letters: str) -> None:
     assert column_letter(index) == letters
+
+
+# -- anything else ---------------------------------------------------------------------------
+
+GOOD_FILE = (
+    f'{HEADER},study_uid\n{GOOD},1.2.3\nMRN0002,ACC0002,20240302,\n"MRN,3",ACC0003,2024-01-01,\n'
+).encode()
+#: Bytes that break CSV files: separators, quotes, line ends, NUL, BOM and non-UTF-8 bytes.
+NASTY = st.sampled_from(list(b',;"\n\r\t\x00\xff\xfe\xef\xbb\xbf=+-@ aZ09.\\'))
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> bytes:
+    """A good manifest with a few bytes inserted, deleted or replaced."""
+    data = bytearray(GOOD_FILE)
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["insert", "delete", "replace"]))
+        if action == "insert":
+            data[at:at] = bytes([draw(NASTY)])
+        elif data:
+            at = min(at, len(data) - 1)
+            data[at : at + (draw(st.integers(1, 5)) if action == "delete" else 1)] = (
+                b"" if action == "delete" else bytes([draw(NASTY)])
+            )
+    return bytes(data)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=damaged())
+def test_any_damage_gives_rows_or_one_error_naming_lines(data: bytes) -> None:
+    """No damaged file crashes the reader or gets a problem without its line."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "manifest.csv"
+        path.write_bytes(data)
+        try:
+            read_manifest(path, PROJECT)
+        except ManifestError as error:
+            assert error.problems
+            for problem in error.problems:
+                assert PLACE.match(problem), problem
 
 
 # -- accepted on purpose --------------------------------------------------------------------
