@@ -265,7 +265,11 @@ def _renames(names: list[str]) -> list[tuple[int, str]]:
 
 
 def _table(path: Path, columns: Columns, data: pd.DataFrame) -> Table:
-    """Known columns as text, empty rows dropped, each row with its spreadsheet line."""
+    """Known columns as text, empty rows dropped, each row with its spreadsheet line.
+
+    Every column is made text first: a row is empty only if all its cells are, known
+    columns or not.
+    """
     text = pd.DataFrame({i: _text_column(data[i]) for i in data.columns})
     filled = text.notna().any(axis=1).to_numpy(dtype=bool) if len(text.columns) else None
     if filled is None or not filled.any():
@@ -274,9 +278,9 @@ def _table(path: Path, columns: Columns, data: pd.DataFrame) -> Table:
         )
     absent = pd.Series([None] * int(filled.sum()), dtype=object)
     kept = text[filled].reset_index(drop=True)
-    first = {name: index for index, name in reversed(list(enumerate(columns.names)))}
     cells = pd.DataFrame(
-        {c: kept[first[c]] if c in first else absent for c in KNOWN_COLUMNS}, dtype=object
+        {c: kept[columns.index(c)] if c in columns else absent for c in KNOWN_COLUMNS},
+        dtype=object,
     )
     lines = np.flatnonzero(filled) + FIRST_DATA_LINE
     return Table(columns=columns, cells=cells, lines=lines)

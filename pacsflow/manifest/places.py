@@ -46,6 +46,10 @@ class Columns:
     def __contains__(self, name: object) -> bool:
         return name in self._indexes
 
+    def index(self, name: str) -> int:
+        """The position of the first column called ``name`` (0 is column A)."""
+        return self._indexes[name]
+
     def cell(self, line: int, name: str) -> str:
         """``line 3, column B (mrn)``; a column the file lacks is named as absent."""
         if name not in self._indexes:
