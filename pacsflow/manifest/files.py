@@ -30,6 +30,7 @@ from pacsflow.manifest.rows import KNOWN_COLUMNS, REQUIRED_COLUMNS
 SAVE_AS_CSV = "save it as 'CSV UTF-8 (Comma delimited)' (Excel: File > Save As)"
 _WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # .xlsx (a zip), .xls (OLE2)
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF8_BOM = b"\xef\xbb\xbf"
 #: Header names people write for a known column, to suggest the rename.
 _ALIASES = {
     "mrn": ("patient_id", "patientid", "hospital_number", "mrn_number", "patient"),
@@ -90,8 +91,8 @@ def _read_csv(path: Path) -> tuple[list[str], pd.DataFrame]:
         raise refuse_file(
             path, f"line 1: the file is UTF-16 text (Excel's 'Unicode Text'); {SAVE_AS_CSV}"
         )
-    text = _decode(path, raw)
-    if not text.strip():
+    _check_utf8(path, raw)
+    if not raw.removeprefix(_UTF8_BOM).strip():
         raise refuse_file(
             path,
             "line 1: the file is empty; the first line must be the header, "
@@ -102,14 +103,15 @@ def _read_csv(path: Path) -> tuple[list[str], pd.DataFrame]:
         # renamed behind our back. Blank lines are kept so rows keep their line numbers;
         # everything is text: MRNs and accession numbers have leading zeros.
         frame = pd.read_csv(
-            io.StringIO(text),
+            io.BytesIO(raw),  # pandas decodes bytes faster than it reads a Python str
+            encoding="utf-8-sig",
             header=None,
             dtype=object,
             keep_default_na=False,
             skip_blank_lines=False,
         )
     except pd.errors.ParserError:
-        raise refuse_file(path, _unsplittable_row(text)) from None
+        raise refuse_file(path, _unsplittable_row(raw.decode("utf-8-sig"))) from None
     except pd.errors.EmptyDataError:  # text, but nothing on line 1
         raise refuse_file(
             path,
@@ -120,10 +122,11 @@ def _read_csv(path: Path) -> tuple[list[str], pd.DataFrame]:
     return names, frame.iloc[1:].reset_index(drop=True)
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    """UTF-8 text, without the byte order mark Excel writes; else say where the bad byte is."""
+def _check_utf8(path: Path, raw: bytes) -> None:
+    """Refuse bytes that are not UTF-8 (with or without the byte order mark Excel writes),
+    naming the line and column of the first bad byte."""
     try:
-        return raw.decode("utf-8-sig")
+        raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         before = raw[: exc.start].decode("utf-8-sig", errors="replace")
         raise refuse_file(
