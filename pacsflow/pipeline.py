@@ -22,7 +22,7 @@ from pacsflow.deid.pixels import PixelPolicy, PixelVerdict, inspect_instance
 from pacsflow.deid.profile import DeidContext, Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.deid.study import deidentify_study
-from pacsflow.dicom import routes, storage
+from pacsflow.dicom import integrity, routes, storage
 from pacsflow.dicom.association import SourceAssociation
 from pacsflow.dicom.matching import choose
 from pacsflow.dicom.peers import AllowedPeers, allowed_peers
@@ -234,18 +234,30 @@ def deidentify_and_export(
     verdicts: list[PixelVerdict] = []
 
     def inspect(ds: pydicom.Dataset) -> PixelVerdict:
+        damage = integrity.pixel_data_problem(ds)
+        if damage is not None:  # before any work on it: the study cannot be exported
+            raise integrity.CorruptInstance(
+                f"instance {len(verdicts) + 1} of {len(selection.kept)} from {study.source} "
+                f"is not whole: {damage}; the source serves it so (ask its administrators "
+                "to repair or resend it), the next pull tries again"
+            )
         verdicts.append(inspect_instance(ds, pixel_policy))
         return verdicts[-1]
 
-    result = deidentify_study(
-        selection.kept,
-        profile,
-        context,
-        work,
-        mrn=study.mrn,
-        accession=study.accession_number,
-        inspect=inspect,
-    )
+    try:
+        result = deidentify_study(
+            selection.kept,
+            profile,
+            context,
+            work,
+            mrn=study.mrn,
+            accession=study.accession_number,
+            inspect=inspect,
+        )
+    except integrity.CorruptInstance:
+        shutil.rmtree(work, ignore_errors=True)  # nothing of it stays, identifiable or not
+        storage.clear(raw)
+        raise
     ocr_images = sum(v.ocr_images for v in verdicts)
     if ocr_images:
         seconds = sum(v.ocr_seconds for v in verdicts)

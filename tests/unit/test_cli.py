@@ -39,7 +39,7 @@ def test_bad_manifest_exits_2_naming_row_and_column(tmp_path):
     manifest.write_text("mrn,accession_number,study_date\n123,A1,2024-01-02\n124,A2,2024-13-02\n")
     result = _extract(config, tmp_path / "project.yaml", manifest)
     assert result.exit_code == 2
-    assert "row 2, column study_date" in result.output
+    assert "line 3, column C (study_date)" in result.output
     assert not (tmp_path / "ledger.db").exists(), "a bad manifest must change nothing"
 
 

@@ -1,7 +1,7 @@
 """Manifests as a research coordinator writes them, and every mistake they make.
 
-Each error test pins the part of the message a user acts on: the row, the column and
-what is wrong with it.
+Each error test pins the part of the message a user acts on: the line and column as a
+spreadsheet shows them (line 1 is the header), and what is wrong with the cell.
 """
 
 from __future__ import annotations
@@ -166,7 +166,9 @@ def test_same_study_with_different_values_names_both_rows(tmp_path: Path) -> Non
         "MRN002,ACC002,2024-03-02\n"
         "MRN001,ACC001,2024-03-09\n",
     )
-    with pytest.raises(ManifestError, match=r"row 3: the same study as row 1 with different"):
+    with pytest.raises(
+        ManifestError, match=r"line 4, column C \(study_date\): the same study as line 2 with"
+    ):
         read_manifest(path, "my-study")
 
 
@@ -176,8 +178,8 @@ def test_same_uid_with_different_participant_is_an_error(tmp_path: Path) -> None
         f"study_uid,study_date,participant_id\n{UID_A},2024-03-01,P1\n{UID_A},2024-03-01,P2\n",
     )
     assert problems_of(path) == [
-        "row 2: the same study as row 1 with different values "
-        "(study_date, participant_id or identifiers); keep one of the two rows"
+        "line 3, column C (participant_id): the same study as line 2 with another "
+        "participant_id; keep one of the two rows"
     ]
 
 
@@ -204,9 +206,10 @@ def test_row_without_any_identifier_names_row_and_column(tmp_path: Path) -> None
         ",,,2024-03-03\n",
     )
     assert problems_of(path) == [
-        "row 2, column accession_number: empty; each row needs a study_uid or both mrn "
+        "line 3, column B (accession_number): empty; each row needs a study_uid or both mrn "
         "and accession_number",
-        "row 3, column mrn: empty; each row needs a study_uid or both mrn and accession_number",
+        "line 4, column A (mrn): empty; each row needs a study_uid or both mrn and "
+        "accession_number",
     ]
 
 
@@ -216,25 +219,25 @@ def test_bad_date_names_row_and_column(tmp_path: Path, bad: str) -> None:
         tmp_path,
         f"mrn,accession_number,study_date\nMRN001,ACC001,2024-03-01\nMRN002,ACC002,{bad}\n",
     )
-    with pytest.raises(ManifestError, match=r"row 2, column study_date: not a date") as info:
+    with pytest.raises(ManifestError, match=r"line 3, column C \(study_date\): not a date") as info:
         read_manifest(path, "my-study")
     assert info.value.problems == [
-        "row 2, column study_date: not a date; write YYYY-MM-DD (e.g. 2024-03-01)"
+        "line 3, column C (study_date): not a date; write YYYY-MM-DD (e.g. 2024-03-01)"
     ]
     assert bad not in str(info.value)  # cell values never appear: they may be identifiers
 
 
 def test_empty_date_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "mrn,accession_number,study_date\nMRN001,ACC001,\n")
-    assert problems_of(path) == ["row 1, column study_date: empty"]
+    assert problems_of(path) == ["line 2, column C (study_date): empty; write the date YYYY-MM-DD"]
 
 
 @pytest.mark.parametrize("bad", ["1.2.03.4", "1.2.abc", "1..2", "1.2.3.", "1." + "2" * 64])
 def test_invalid_study_uid(tmp_path: Path, bad: str) -> None:
     path = write(tmp_path, f"study_uid,study_date\n{UID_A},2024-03-01\n{bad},2024-03-01\n")
     assert problems_of(path) == [
-        "row 2, column study_uid: not a valid DICOM UID (digits and dots, no leading zeros, "
-        "at most 64 characters)"
+        "line 3, column A (study_uid): not a valid DICOM UID (digits and dots, no leading "
+        "zeros, at most 64 characters)"
     ]
 
 
@@ -248,14 +251,18 @@ def test_another_projects_row_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(
         ManifestError,
-        match=r"row 2, column project_name: belongs to project 'Other Study', not 'my-study'",
+        match=r"line 3, column D \(project_name\): belongs to project 'Other Study', "
+        r"not 'my-study'",
     ):
         read_manifest(path, "my-study")
 
 
 def test_control_character_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "mrn,accession_number,study_date\nMRN\x01001,ACC001,2024-03-01\n")
-    assert problems_of(path) == ["row 1, column mrn: contains a control character"]
+    assert problems_of(path) == [
+        "line 2, column A (mrn): contains a control character; remove it (often a pasted "
+        "line break or tab)"
+    ]
 
 
 def test_header_only_manifest_is_an_error(tmp_path: Path) -> None:
@@ -266,7 +273,7 @@ def test_header_only_manifest_is_an_error(tmp_path: Path) -> None:
 
 def test_empty_file_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "")
-    with pytest.raises(ManifestError, match="cannot be read as a table"):
+    with pytest.raises(ManifestError, match="line 1: the file is empty"):
         read_manifest(path, "my-study")
 
 
@@ -284,10 +291,10 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         read_manifest(path, "my-study")
     problems = info.value.problems
     assert [p.split(":")[0] for p in problems] == [
-        "row 1, column study_date",
-        "row 2, column study_uid",
-        "row 3, column mrn",
-        "row 5, column study_date",
+        "line 2, column D (study_date)",
+        "line 3, column C (study_uid)",
+        "line 4, column A (mrn)",
+        "line 6, column D (study_date)",
     ]
     # The message itself lists them, so a CLI that prints str(error) shows them all.
     for problem in problems:
@@ -314,7 +321,9 @@ def test_two_study_uids_under_one_accession_are_refused_not_dropped(tmp_path):
         "123,A1,2024-01-02,1.2.3\n"
         "123,A1,2024-01-02,1.2.4\n"
     )
-    with pytest.raises(ManifestError, match=r"row 2, column study_uid: row 1 has the same mrn"):
+    with pytest.raises(
+        ManifestError, match=r"line 3, column D \(study_uid\): line 2 has the same mrn"
+    ):
         read_manifest(path, "p1")
 
 
@@ -328,13 +337,15 @@ def test_problems_of_one_row_are_listed_in_the_order_of_the_checks(tmp_path: Pat
         + f"103,MRN003,ACC003,My Study,2024-05-01,2024-03-02,{UID_A},P3\n",
     )
     assert problems_of(path) == [
-        "row 1, column mrn: contains a control character",
-        "row 1, column participant_id: contains a control character",
-        "row 1, column project_name: belongs to project 'Other Study', not 'my-study'; "
+        "line 2, column B (mrn): contains a control character; remove it (often a pasted "
+        "line break or tab)",
+        "line 2, column H (participant_id): contains a control character; remove it (often "
+        "a pasted line break or tab)",
+        "line 2, column D (project_name): belongs to project 'Other Study', not 'my-study'; "
         "split the manifest per project",
-        "row 1, column study_uid: not a valid DICOM UID (digits and dots, no leading zeros, "
-        "at most 64 characters)",
-        "row 1, column study_date: empty",
-        "row 3: the same study as row 2 with different values "
-        "(study_date, participant_id or identifiers); keep one of the two rows",
+        "line 2, column G (study_uid): not a valid DICOM UID (digits and dots, no leading "
+        "zeros, at most 64 characters)",
+        "line 2, column F (study_date): empty; write the date YYYY-MM-DD",
+        "line 4, column F (study_date): the same study as line 3 with another study_date; "
+        "keep one of the two rows",
     ]

@@ -6,9 +6,10 @@ No Prefect here: these are the plain functions the tasks wrap, run on a SQLite l
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from pydicom import Dataset
 from sqlalchemy import Engine
 
+from pacsflow import failures
 from pacsflow.config import (
     FilesystemDestinationConfig,
     ProjectConfig,
@@ -525,3 +527,78 @@ def test_find_studies_with_a_silent_peer_times_out() -> None:
         with pytest.raises(SourceUnavailable, match="refused or did not answer"):
             find_studies(source, "PACSFLOW", StudyQuery(study_uid="1.2.3"))
         assert time.monotonic() - start < 3
+
+
+# -- corrupt data from a source --------------------------------------------------------
+
+
+def _process(ws: Workspace, study_id: int, source: str) -> None:
+    """What a lane does with one study: run its steps, and record a failure as lanes do."""
+    step = "fetch"
+    try:
+        begin(ws, study_id)
+        assert locate(ws, study_id, source)
+        fetch(ws, study_id, source)
+        step = "de-identify and export"
+        deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC)
+    except Exception as exc:
+        with ws.sessions() as session:
+            failures.record(session, study_id, ws.owner, failures.describe(step, exc), 1, [])
+
+
+#: A study's accession number, where the source's copy of its second instance ends, and
+#: what the study's reason then says (each case a study of its own: the secondary is shared).
+CUTS = {
+    "in the pixel data": (
+        "ACC2101",
+        lambda data: len(data) - 20_000,
+        r"pixel data of [\d,]+ bytes where its image attributes need 32,768 bytes",
+    ),
+    "before the pixel data": (
+        "ACC2102",
+        lambda data: data.rindex(b"\xe0\x7f\x10\x00"),  # the (7FE0,0010) tag
+        r"no pixel data, though its image attributes \(Rows, Columns\) say it is an image",
+    ),
+}
+
+
+@pytest.mark.parametrize("cut", CUTS.values(), ids=CUTS.keys())
+def test_a_truncated_instance_fails_its_study_alone_with_the_reason(
+    ws: Workspace,
+    site: SiteConfig,
+    secondary: SandboxPacs,
+    tmp_path: Path,
+    cut: tuple[str, Callable[[bytes], int], str],
+) -> None:
+    accession, end, reason = cut
+    study = study_of(PATIENTS[1], accession, "CT", n_series=1, n_instances=2)
+    files = []
+    for ds in study:
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: end(data)])  # a file the source stored cut short
+    secondary.add_files(files)
+    broken = add_study(ws, study)
+    good = add_study(ws, IN_SECONDARY)
+
+    _process(ws, broken, "secondary")
+    _process(ws, good, "secondary")
+
+    row = ledger_row(ws, broken)
+    assert row.status == StudyStatus.FAILED, row.last_error
+    assert row.error_type == "CorruptInstance"
+    assert re.fullmatch(
+        rf"CorruptInstance: instance [12] of 2 from secondary is not whole: {reason}; .*",
+        row.last_error,
+    ), row.last_error
+    # Nothing of it reached the destination or stays in staging; the other study exported.
+    exported = site.destinations["local"].path / PROJECT.name
+    pseudo_patient = PSEUDONYMIZER.patient_id(str(study[0].PatientID))
+    pseudo_study = PSEUDONYMIZER.uid(str(study[0].StudyInstanceUID))
+    assert not (exported / pseudo_patient / pseudo_study).exists()
+    assert not storage.study_dir(ws.staging, PROJECT.name, row.found_study_uid).exists()
+    assert not (ws.staging / "deid" / row.ref).exists()
+    assert ledger_row(ws, good).status == StudyStatus.EXPORTED
+    assert ledger_row(ws, good).exported_instances == 3
