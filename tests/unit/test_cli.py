@@ -253,7 +253,7 @@ def test_extract_takes_a_slug_and_validates_its_project_file(tmp_path, monkeypat
         app, ["extract", "--project", "sandbox-demo", "--manifest", str(manifest)]
     )
     assert result.exit_code == 2
-    assert "row 1, column study_date" in result.output
+    assert "line 2, column C (study_date)" in result.output
     assert not (folder / "ledger.db").exists()
 
 

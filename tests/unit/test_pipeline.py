@@ -537,7 +537,7 @@ def _process(ws: Workspace, study_id: int, source: str) -> None:
     step = "fetch"
     try:
         begin(ws, study_id)
-        assert locate(ws, study_id, source)
+        assert locate(ws, study_id, source) == Located.FOUND
         fetch(ws, study_id, source)
         step = "de-identify and export"
         deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC)
