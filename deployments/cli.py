@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from deployments.cli_projects import app as projects_app
+from deployments.cli_report import report as report_command
 from deployments.server import ensure_server
 from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load_site_config
 from pacsflow.deid.pixels import PixelPolicy
@@ -508,6 +509,7 @@ def export_linker_command(
 
 
 app.add_typer(projects_app, name="project")
+app.command("report")(report_command)
 
 if __name__ == "__main__":
     app()
