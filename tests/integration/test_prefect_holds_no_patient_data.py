@@ -1,7 +1,9 @@
 """After a real extraction, nothing Prefect keeps holds a patient identifier.
 
 A site configures pacsflow and runs ``pacsflow extract`` (a process of its own, with its
-own ``PREFECT_HOME``) against a Prefect server of this test's own on PostgreSQL. Then
+own ``PREFECT_HOME``) against a Prefect server of this test's own on PostgreSQL. The run
+has every outcome: studies exported from either source, not found, ambiguous, and one
+failed by an error that quotes the patient's name, MRN and study UID. Then
 every table of that server's database (flow and task runs, their parameters and states,
 logs, artifacts, events, variables, automations, blocks), every block document decrypted
 through the API except Secret blocks, the server's log and every file under the worker's
@@ -165,6 +167,28 @@ def _file_texts(folder: Path) -> dict[str, str]:
     return texts
 
 
+#: Loaded by the ``pacsflow`` processes of the test (Python imports ``sitecustomize`` at
+#: start): reading one patient's instances fails with a message that quotes their name,
+#: MRN and study UID, as a library's error might.
+BROKEN_READ = """
+import os
+
+import pacsflow.deid.study as study
+
+_real = study.read_instance
+
+
+def _broken(path):
+    ds = _real(path)
+    if str(ds.PatientID) == os.environ["PACSFLOW_TEST_BROKEN_MRN"]:
+        raise ValueError(f"cannot parse {ds.PatientName} {ds.PatientID} {ds.StudyInstanceUID}")
+    return ds
+
+
+study.read_instance = _broken
+"""
+
+
 def _wait_until_recorded(postgres, database: str, timeout: float = 90.0) -> None:
     """Until the server has persisted the run's events and logs (it does so in batches)."""
     deadline = time.monotonic() + timeout
@@ -195,9 +219,22 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(sandbox_factory, postg
         sandbox = sandbox_factory(n_studies=8)
         _fast_retries(sandbox.config_path, [0.5])
         _twin_rows(sandbox)  # two ambiguous rows: a failure reason in the report
+        # One patient of the primary fails in de-identification, quoting identifiers.
+        broken = next(
+            ds
+            for p in sorted((sandbox.folder / "pacs-primary").glob("*.dcm"))
+            if str((ds := pydicom.dcmread(p, stop_before_pixels=True)).AccessionNumber).startswith(
+                "ACC"
+            )  # not an ambiguous twin, which is never de-identified
+        )
+        inject = tmp_path / "inject"
+        inject.mkdir()
+        (inject / "sitecustomize.py").write_text(BROKEN_READ)
         worker_home = tmp_path / "worker-home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update({"PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(worker_home)})
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(inject), env.get("PYTHONPATH")]))
+        env["PACSFLOW_TEST_BROKEN_MRN"] = str(broken.PatientID)
         run = {"env": env, "cwd": tmp_path, "capture_output": True, "text": True, "timeout": 400}
         configure = subprocess.run([PACSFLOW, "configure", str(sandbox.config_path)], **run)
         assert configure.returncode == 0, configure.stdout + configure.stderr
@@ -214,7 +251,7 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(sandbox_factory, postg
             ],
             **run,
         )
-        # 1: the two ambiguous rows need a person's decision; the rest ran to the end.
+        # 1: a study failed and two ambiguous rows need a person's decision.
         assert extract.returncode == 1, extract.stdout[-3000:] + extract.stderr[-3000:]
         _wait_until_recorded(postgres, database)
 
@@ -223,8 +260,10 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(sandbox_factory, postg
             rows = session.query(Study).all()
             statuses = sorted(r.status for r in rows)
             pseudonyms = [r.pseudo_patient_id.lower() for r in rows if r.status == "exported"]
-        assert statuses.count("exported") == 8 - sandbox.expected["neither"]
+            [failed] = [r for r in rows if r.status == "failed"]
+        assert statuses.count("exported") == 8 - sandbox.expected["neither"] - 1
         assert statuses.count("ambiguous") == 2
+        assert failed.mrn in failed.last_error  # the detail is kept, in the ledger only
 
         needles = identifiers(
             sandbox.manifest_path,
@@ -246,7 +285,8 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(sandbox_factory, postg
         assert by_status["exported"]["this pull"] == exported
         assert by_status["ambiguous"]["studies"] == 2
         assert artifacts["sandbox-demo-failure-reasons"] == [
-            {"status": "ambiguous", "reason": "ambiguous", "studies": 2}
+            {"status": "ambiguous", "reason": "ambiguous", "studies": 2},
+            {"status": "failed", "reason": "de-identify and export: ValueError", "studies": 1},
         ]
         stage_rows = {
             line.split(" | ")[0].strip("| "): line.split(" | ")[1]
@@ -254,7 +294,7 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(sandbox_factory, postg
             if line.startswith("| ") and not line.startswith("| stage")
         }
         assert int(stage_rows["find"]) >= 8 + 2
-        assert int(stage_rows["fetch"]) == int(stage_rows["de-identify"]) == exported
+        assert int(stage_rows["fetch"]) == int(stage_rows["de-identify"]) == exported + 1
         assert int(stage_rows["export"]) == exported
 
         # The search sees what it must: the run, its artifacts, its logs, the cache records.
