@@ -13,10 +13,10 @@ from rich.console import Console
 
 from pacsflow.config import load_project_config, load_site_config
 from pacsflow.errors import ConfigError
-from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.report import ReportFormat, study_report, write_report
 
 console = Console()
+SITE_FILE = Path("pacsflow.yaml")
 
 
 def _slug(project: str) -> str:
@@ -31,12 +31,10 @@ def _slug(project: str) -> str:
 
 def report(
     project: Annotated[str, typer.Option(help="Project slug, or the project file's path.")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="Site configuration file.")] = Path(
-        "pacsflow.yaml"
-    ),
+    config: Annotated[Path, typer.Option("--config", "-c", help="Site file.")] = SITE_FILE,
     fmt: Annotated[
-        str, typer.Option("--format", help="csv or parquet.", case_sensitive=False)
-    ] = "csv",
+        ReportFormat, typer.Option("--format", help="File format.", case_sensitive=False)
+    ] = ReportFormat.CSV,
     output: Annotated[
         Path | None,
         typer.Option(help="File to write; default .pacsflow/reports/<project>.<format>."),
@@ -44,22 +42,17 @@ def report(
 ) -> None:
     """Write every study of the project (identifiers, status, source, counts, pseudonyms,
     error and times) to a local file for the data team. It never goes to Prefect."""
-    from deployments.cli import _fail_input
+    from deployments.cli import _fail_input, _ledger
 
-    fmt = fmt.lower()
     try:
-        if fmt not in ("csv", "parquet"):
-            raise ConfigError(f"--format {fmt!r} is not csv or parquet; pick one of those")
         site = load_site_config(config)
         slug = _slug(project)
-        engine = make_engine(site.ledger)
-        migrate(engine)
-        with session_factory(engine)() as session:
+        with _ledger(site)() as session:
             frame = study_report(session, slug)
     except ConfigError as exc:
         raise _fail_input(str(exc)) from None
-    target = output or Path(".pacsflow") / "reports" / f"{slug}.{fmt}"
-    written = write_report(frame, target, _format(fmt))
+    target = output or Path(".pacsflow") / "reports" / f"{slug}.{fmt.value}"
+    written = write_report(frame, target, fmt)
     console.print(f"Report of {slug}: {len(frame)} studies in {written}", highlight=False)
     console.print(
         "[bold yellow]warning:[/] this file holds patient identifiers (MRNs, accession "
@@ -67,7 +60,3 @@ def report(
         "only, and never attach it to a Prefect run or a ticket.",
         highlight=False,
     )
-
-
-def _format(fmt: str) -> ReportFormat:
-    return "parquet" if fmt == "parquet" else "csv"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 from sqlalchemy import select
@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session
 from pacsflow.errors import ConfigError
 from pacsflow.ledger.models import Study
 
-ReportFormat = Literal["csv", "parquet"]
+
+class ReportFormat(StrEnum):
+    """The file formats of the report."""
+
+    CSV = "csv"
+    PARQUET = "parquet"
+
 
 #: Report column -> ledger column, in the report's order. Only these are read.
 COLUMNS: dict[str, str] = {
@@ -87,7 +93,7 @@ def write_report(frame: pd.DataFrame, path: Path, fmt: ReportFormat) -> Path:
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        if fmt == "parquet":
+        if fmt == ReportFormat.PARQUET:
             frame.to_parquet(out, index=False)
         else:
             frame.to_csv(out, index=False)

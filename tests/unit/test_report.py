@@ -141,4 +141,21 @@ def test_an_unknown_project_or_format_is_an_input_error(site: Path, tmp_path: Pa
         app, ["report", "--project", "lung-ct", "-c", str(site), "--format", "xlsx"]
     )
     assert result.exit_code == 2
-    assert "--format 'xlsx' is not csv or parquet" in " ".join(result.output.split())
+    assert "'xlsx' is not one of 'csv'" in result.output
+
+
+def test_a_project_file_may_stand_for_its_slug(site: Path, tmp_path: Path) -> None:
+    project = tmp_path / "projects" / "lung.yaml"
+    project.parent.mkdir()
+    project.write_text(
+        yaml.safe_dump({"name": "lung-ct", "sources": ["vna"], "destination": "share"})
+    )
+    out = tmp_path / "r.csv"
+    result = runner.invoke(
+        app, ["report", "--project", str(project), "-c", str(site), "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == 3
+    result = runner.invoke(app, ["report", "--project", "missing.yaml", "-c", str(site)])
+    assert result.exit_code == 2
+    assert "no project file at missing.yaml" in result.output
