@@ -26,6 +26,7 @@ from rich.table import Table
 
 from deployments import projects
 from deployments.cli_projects import app as projects_app
+from deployments.cli_report import report as report_command
 from deployments.server import ensure_server, is_ours, read_state, stop_local_server
 from deployments.status import LISTED, listed_studies
 from pacsflow.config import (
@@ -690,6 +691,7 @@ def export_linker_command(
 
 
 app.add_typer(projects_app, name="project")
+app.command("report")(report_command)
 
 if __name__ == "__main__":
     app()

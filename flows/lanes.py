@@ -34,6 +34,7 @@ from flows import clock
 from flows.cache import exported_before, remember_export
 from flows.limits import image_limit_name, image_slots
 from flows.runtime import profile, pseudonymizer, workspace
+from flows.stages import StageTimes
 from pacsflow import failures, pipeline
 from pacsflow.config import ProjectConfig
 from pacsflow.dicom.association import SourceAssociation
@@ -58,6 +59,8 @@ class Handoff:
         self.key = uuid.uuid4().hex
         self._queue: queue.Queue[int | None] = queue.Queue(maxsize=maxsize)
         self._closed = threading.Event()
+        #: Where the lanes of this process's run time their steps.
+        self.times = StageTimes()
 
     def put(self, study_id: int) -> None:
         while not self._closed.is_set():
@@ -168,7 +171,8 @@ def _retrieve(
             continue
         step = "find"
         try:
-            located = pipeline.locate(ws, study.id, source_name, association, project.ambiguity)
+            with _handoffs[handoff].times.measure("find"):
+                located = pipeline.locate(ws, study.id, source_name, association, project.ambiguity)
             if located == pipeline.Located.AMBIGUOUS:  # ended; never passed to the next source
                 counts["ambiguous"] += 1
                 logger.warning(
@@ -184,7 +188,8 @@ def _retrieve(
                 counts["not_found" if status == "not_found" else "passed_on"] += 1
                 continue
             step = "fetch"
-            _fetch(ws, study, source_name, association)
+            with _handoffs[handoff].times.measure("fetch"):
+                _fetch(ws, study, source_name, association)
             _handoffs[handoff].put(study.id)
             counts["staged"] += 1
         except Exception as exc:
@@ -229,7 +234,12 @@ def _export(
     while (study_id := queue_.get()) is not None:
         try:
             status = pipeline.deidentify_and_export(
-                ws, study_id, project, pseudonymizer(project, site), profile(project)
+                ws,
+                study_id,
+                project,
+                pseudonymizer(project, site),
+                profile(project),
+                queue_.times.measure,
             )
         except Exception as exc:
             failure = failures.describe("de-identify and export", exc)

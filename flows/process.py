@@ -27,6 +27,7 @@ from flows.lanes import LANE_SECONDS, close_handoff, export_lane, open_handoff, 
 from flows.limits import source_tag
 from flows.progress import Progress, WindowWait
 from flows.runtime import workspace
+from flows.stages import stage_times_artifact
 from pacsflow.config import ProjectConfig, SiteConfig
 from pacsflow.ledger import claims
 from pacsflow.windows import next_opening
@@ -117,6 +118,7 @@ def process_studies(
     """
     logger = get_run_logger()
     ws = workspace(site, ttl=0)  # as the blocks are now; tasks reuse it
+    started_at = time.monotonic()
     handoff = open_handoff(maxsize=2 * export_lanes)
     exporters = [export_lane.submit(site, project, i, handoff.key) for i in range(export_lanes)]
     running: dict[str, list[PrefectFuture]] = {name: [] for name in project.sources}
@@ -198,6 +200,7 @@ def process_studies(
         else:
             outcomes["lane_failed"] += 1
     progress.update(force=True, waits=waits)
+    stage_times_artifact(handoff.times, project.name, time.monotonic() - started_at)
     logger.info(
         "lanes started: %s; outcomes: %s",
         dict(started),

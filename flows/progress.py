@@ -71,15 +71,32 @@ class Progress:
 
 
 def report(ws: Workspace, project: str, pull: str) -> dict[str, int]:
-    """Table artifacts: the project's counts per status, and this pull's failures by id."""
+    """Table artifacts: counts per status (the project's, and this pull's), this pull's
+    counts per failure reason, and its failures by ledger id."""
     with ws.sessions() as session:
         counts = repo.status_counts(session, project)
+        this_pull = repo.pull_counts(session, project, pull)
+        reasons = repo.pull_reason_counts(session, project, pull)
         failed = repo.pull_failures(session, project, pull)
     create_table_artifact(
         key=f"{project}-status",
-        table=[{"status": status, "studies": n} for status, n in counts.items()],
-        description=f"Studies per status for project {project} (no patient data).",
+        table=[
+            {"status": status, "studies": n, "this pull": this_pull.get(status, 0)}
+            for status, n in counts.items()
+        ],
+        description=f"Studies per status for project {project}, all pulls and this one "
+        "(no patient data).",
     )
+    if reasons:
+        create_table_artifact(
+            key=f"{project}-failure-reasons",
+            table=[
+                {"status": status, "reason": reason or "(none recorded)", "studies": n}
+                for status, reason, n in reasons
+            ],
+            description="Studies of this pull that failed, were quarantined or were ambiguous, "
+            "per reason (no patient data).",
+        )
     if failed:
         create_table_artifact(
             key=f"{project}-failures",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -189,11 +191,20 @@ def _patient_key(study, first_file: Path) -> str:
     return str(pydicom.dcmread(first_file, stop_before_pixels=True).get("PatientID", ""))
 
 
-def _finish(ws: Workspace, study, status: StudyStatus, reason: str | None, *folders: Path) -> str:
+def _finish(
+    ws: Workspace,
+    study,
+    status: StudyStatus,
+    reason: str | None,
+    *folders: Path,
+    error_type: str | None = None,
+) -> str:
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
     with ws.sessions() as session:
-        repo.update_study(session, study.id, status=status, last_error=reason)
+        repo.update_study(
+            session, study.id, status=status, last_error=reason, error_type=error_type
+        )
     storage.clear(ws.raw_dir(study))
     return status.value
 
@@ -204,8 +215,12 @@ def deidentify_and_export(
     project: ProjectConfig,
     pseudonymizer: Pseudonymizer,
     profile: Profile,
+    stage: Callable[[str], AbstractContextManager[object]] = lambda _name: nullcontext(),
 ) -> str:
     """Filter, de-identify, check and export the staged study; returns its final status.
+
+    ``stage(name)`` is entered around the ``"de-identify"`` and the ``"export"`` step, so
+    a caller can time them (the run's time-per-stage artifact, flows/stages.py).
 
     Each instance is de-identified in memory and passed through the PHI gate before it
     is written, so an instance with a leak never reaches a file, let alone the
@@ -245,15 +260,16 @@ def deidentify_and_export(
         return verdicts[-1]
 
     try:
-        result = deidentify_study(
-            selection.kept,
-            profile,
-            context,
-            work,
-            mrn=study.mrn,
-            accession=study.accession_number,
-            inspect=inspect,
-        )
+        with stage("de-identify"):
+            result = deidentify_study(
+                selection.kept,
+                profile,
+                context,
+                work,
+                mrn=study.mrn,
+                accession=study.accession_number,
+                inspect=inspect,
+            )
     except integrity.CorruptInstance:
         shutil.rmtree(work, ignore_errors=True)  # nothing of it stays, identifiable or not
         storage.clear(raw)
@@ -263,6 +279,7 @@ def deidentify_and_export(
         seconds = sum(v.ocr_seconds for v in verdicts)
         LOGGER.info("study %s: OCR of %d images took %.2f s", study_id, ocr_images, seconds)
     held: list[str] = []
+    held_by: list[str] = []  # the error type: what held it, no identifiers
     pixel_held = [v for v in verdicts if not v.exportable]
     if pixel_held:  # quarantined like a leak, with rule names (never the text found)
         reasons = sorted({reason for v in pixel_held for reason in v.reasons})
@@ -270,15 +287,25 @@ def deidentify_and_export(
             f"pixel policy {pixel_policy.mode.value} held {len(pixel_held)} of "
             f"{len(selection.kept)} instances: " + "; ".join(reasons)
         )
+        held_by.append("pixel policy")
         LOGGER.warning("study %s quarantined by the pixel policy", study_id)
     if not result.gate.passed:
         held.append(result.gate.summary())
+        held_by.append("PHI gate")
         LOGGER.warning("study %s quarantined by the PHI gate", study_id)
     if held:
-        return _finish(ws, study, StudyStatus.QUARANTINED, "; ".join(held), work)
+        return _finish(
+            ws,
+            study,
+            StudyStatus.QUARANTINED,
+            "; ".join(held),
+            work,
+            error_type=" and ".join(held_by),
+        )
 
     destination = make_destination(ws.site.destinations[project.destination])
-    receipt = destination.export(work, project.name, patient, pseudo_study)
+    with stage("export"):
+        receipt = destination.export(work, project.name, patient, pseudo_study)
     with ws.sessions() as session:
         repo.update_study(
             session, study_id, pseudo_patient_id=patient, pseudo_study_uid=pseudo_study

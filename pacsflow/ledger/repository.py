@@ -66,6 +66,25 @@ def pull_failures(session: Session, project: str, pull: str, limit: int = 200) -
     return [tuple(row) for row in session.execute(query)]
 
 
+def pull_reason_counts(session: Session, project: str, pull: str) -> list[tuple[str, str, int]]:
+    """(status, error type, studies) of the pull's studies that failed, were quarantined
+    or were ambiguous, most frequent first.
+
+    Error types hold no identifiers (see pacsflow.failures), so they may be shown in Prefect.
+    """
+    query = (
+        select(Study.status, Study.error_type, func.count())
+        .where(
+            Study.project == project,
+            Study.pull == pull,
+            Study.status.in_([s.value for s in NEEDS_ATTENTION]),
+        )
+        .group_by(Study.status, Study.error_type)
+        .order_by(func.count().desc(), Study.status, Study.error_type)
+    )
+    return [(str(status), error or "", n) for status, error, n in session.execute(query)]
+
+
 def get_study(session: Session, study_id: int) -> Study:
     study = session.get(Study, study_id)
     if study is None:

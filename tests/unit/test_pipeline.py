@@ -5,6 +5,7 @@ No Prefect here: these are the plain functions the tasks wrap, run on a SQLite l
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import socket
@@ -395,8 +396,14 @@ def test_deidentify_and_export(ws: Workspace, site: SiteConfig) -> None:
     begin(ws, study_id)
     assert locate(ws, study_id, "primary") == Located.FOUND
     fetch(ws, study_id, "primary")
+    stages: list[str] = []
 
-    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
+    def stage(name: str) -> contextlib.AbstractContextManager[None]:
+        stages.append(name)
+        return contextlib.nullcontext()
+
+    assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC, stage) == "exported"
+    assert stages == ["de-identify", "export"]  # what the time-per-stage artifact times
 
     original = IN_PRIMARY[0]
     pseudo_patient = PSEUDONYMIZER.patient_id(str(original.PatientID))
@@ -487,6 +494,7 @@ def test_the_phi_gate_quarantines_a_planted_leak(ws: Workspace, tmp_path: Path) 
     study = ledger_row(ws, study_id)
     assert study.status == StudyStatus.QUARANTINED
     assert "StudyDescription" in study.last_error
+    assert study.error_type == "PHI gate"  # the reason Prefect's table counts by
     assert PATIENTS[0].family_name not in study.last_error  # paths, never values
     assert not (ws.site.destinations["local"].path / PROJECT.name).exists()
     assert not (ws.staging / "deid" / study.ref).exists()
