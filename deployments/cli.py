@@ -264,6 +264,7 @@ def status(
             status.value: repo.failures(session, project, (status,))
             for status in (*repo.NEEDS_ATTENTION, StudyStatus.EXCLUDED)
         }
+        classes = repo.error_class_counts(session, project)
     if as_json:
         print(
             json.dumps(
@@ -271,6 +272,9 @@ def status(
                     "project": project,
                     "counts": counts,
                     "exported_by_source": by_source,
+                    "error_classes": [
+                        {"status": st, "error_class": kind, "studies": n} for st, kind, n in classes
+                    ],
                     **{
                         status: [{"id": i, "reason": r} for i, r in listed]
                         for status, listed in reasons.items()
@@ -286,6 +290,14 @@ def status(
     for name, n in counts.items():
         table.add_row(name, str(n))
     console.print(table)
+    if classes:
+        why = Table(title="Why not exported (error classes)")
+        for column in ("status", "error class"):
+            why.add_column(column)
+        why.add_column("studies", justify="right")
+        for st, kind, n in classes:
+            why.add_row(st, kind, str(n))
+        console.print(why)
     for status, listed in reasons.items():
         for study_id, reason in listed:
             console.print(f"  {status} study {study_id}: {reason}", highlight=False)

@@ -71,20 +71,33 @@ class Progress:
 
 
 def report(ws: Workspace, project: str, pull: str) -> dict[str, int]:
-    """Table artifacts: the project's counts per status, and this pull's failures by id."""
+    """Table artifacts: the project's counts per status, this pull's counts per error
+    class, and its failures by ledger id."""
     with ws.sessions() as session:
         counts = repo.status_counts(session, project)
         failed = repo.pull_failures(session, project, pull)
+        classes = repo.error_class_counts(session, project, pull)
     create_table_artifact(
         key=f"{project}-status",
         table=[{"status": status, "studies": n} for status, n in counts.items()],
         description=f"Studies per status for project {project} (no patient data).",
     )
+    if classes:
+        create_table_artifact(
+            key=f"{project}-error-classes",
+            table=[
+                {"status": status, "error class": kind, "studies": n} for status, kind, n in classes
+            ],
+            description="Why studies of this pull were not exported, by error class: "
+            "not_found (no source holds it), transient (a rerun may cure it), "
+            "source_rejected (ask the source's administrator), deid_failed (check the "
+            "profile), export_failed (check the destination), ambiguous (see the policy).",
+        )
     if failed:
         create_table_artifact(
             key=f"{project}-failures",
             table=[
-                {"ledger id": study_id, "status": status, "reason": error_type or ""}
+                {"ledger id": study_id, "status": status, "error class": error_type or ""}
                 for study_id, status, error_type in failed
             ],
             description="Studies of this pull that failed, were quarantined or were ambiguous, "

@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
+from pacsflow import failures
 from pacsflow.config import AmbiguityPolicy, ProjectConfig, RetrieveMethod, SiteConfig
 from pacsflow.deid.pixels import PixelPolicy, PixelVerdict, inspect_instance
 from pacsflow.deid.profile import DeidContext, Profile
@@ -266,7 +267,8 @@ def deidentify_and_export(
         return _finish(ws, study, StudyStatus.QUARANTINED, "; ".join(held), work)
 
     destination = make_destination(ws.site.destinations[project.destination])
-    receipt = destination.export(work, project.name, patient, pseudo_study)
+    with failures.during(failures.Step.EXPORT):
+        receipt = destination.export(work, project.name, patient, pseudo_study)
     with ws.sessions() as session:
         repo.update_study(
             session, study_id, pseudo_patient_id=patient, pseudo_study_uid=pseudo_study
