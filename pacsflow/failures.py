@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from pacsflow.errors import PacsflowError, RetriableError
@@ -89,10 +90,17 @@ def during(step: Step) -> Iterator[None]:
         raise
 
 
+def _retriable(exc: BaseException) -> bool:
+    """Our retriable errors, and the ledger's database down or restarting (a statement
+    that was running when PostgreSQL went: the next connection waits for it, see
+    :func:`pacsflow.ledger.database.make_engine`)."""
+    return isinstance(exc, RetriableError | OperationalError)
+
+
 def classify(step: str, exc: BaseException) -> ErrorClass:
     """The error class of ``exc`` raised in ``step`` (see :class:`ErrorClass`)."""
     step = getattr(exc, "_pacsflow_step", step)
-    if isinstance(exc, RetriableError):
+    if _retriable(exc):
         return ErrorClass.TRANSIENT
     if step in _SOURCE_STEPS:
         return ErrorClass.SOURCE_REJECTED
@@ -114,7 +122,7 @@ def describe(step: str, exc: BaseException) -> Failure:
         error_class,
         f"{step} failed with {kind}; the reason is in the ledger (`pacsflow status`)",
         f"{step}: {kind}: {exc}",
-        retriable=False,
+        retriable=_retriable(exc),
     )
 
 

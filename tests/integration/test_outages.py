@@ -9,6 +9,17 @@
   study is at the destination exactly once (by SOP Instance UID) and no partial file is
   visible there.
 
+What happens, and why (seen on the 2-core machine):
+
+* **PostgreSQL restart:** usually the run completes. Ledger connections wait for the
+  server (``pacsflow.ledger.database``: ``pool_pre_ping`` plus a reconnect wait), so
+  lanes and the dispatcher carry on. A statement running at the instant of the shutdown
+  still fails: in a retrieval lane its study is deferred (``transient``, retried in the
+  run); in an export lane it fails ``transient`` and the rerun exports it.
+* **Prefect server restart:** the run fails (``ConnectError``): the flow engine's API
+  calls (task states, results) outlast the Prefect client's own retries while the server
+  restarts. The ledger and the destination stay consistent, and the rerun completes.
+
 Each test starts the servers it restarts itself (the session's are shared by other tests).
 """
 
@@ -21,7 +32,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -33,12 +44,26 @@ from pacsflow.config import SiteConfig
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
 from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from tests.integration.conftest import require
 from tests.servers import (
     OrthancServer,
+    PostgresServer,
+    PrefectServerProcess,
+    _demote,
+    _postgres_ids,
+    _set_parent_death_signal,
     _spawn,
     _wait_http_ready,
+    _wait_postgres_ready,
     free_port,
+    log_tail,
     orthanc_binary,
+    postgres_available,
+    postgres_bindir,
+    prefect_binary,
+    prefect_server_env,
+    start_postgres,
+    start_prefect_server,
 )
 
 pytestmark = pytest.mark.integration
@@ -177,19 +202,37 @@ def _assert_exported_exactly_once(scenario: dict) -> None:
     assert all(r.exported_instances == INSTANCES_PER_STUDY for r in rows)
 
 
-def _in_background(action: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
-    """Run ``action`` in a thread; exceptions are collected for the test to re-raise."""
-    errors: list[BaseException] = []
+class Background:
+    """Runs an action in a thread that then stays alive until :meth:`finish`.
 
-    def run() -> None:
+    It must stay alive: servers started with a parent-death signal (PostgreSQL, the
+    Prefect server) get it when the *thread* that started them ends, not the process.
+    """
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.errors: list[BaseException] = []
+        self.done = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(action,), daemon=True)
+        self._thread.start()
+
+    def _run(self, action: Callable[[], None]) -> None:
         try:
             action()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test
-            errors.append(exc)
+            self.errors.append(exc)
+        finally:
+            self.done.set()
+        self._release.wait()
 
-    thread = threading.Thread(target=run, name="outage", daemon=True)
-    thread.start()
-    return thread, errors
+    def wait(self, timeout: float) -> None:
+        """Wait for the action; re-raise what it raised."""
+        assert self.done.wait(timeout), f"the background action took over {timeout} s"
+        assert not self.errors, self.errors
+
+    def finish(self) -> None:
+        self._release.set()
+        self._thread.join(timeout=5)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -286,14 +329,15 @@ def test_primary_down_for_a_while_mid_run_is_waited_for_not_skipped(
         orthanc_factory.servers.append(restart_orthanc(primary))  # stopped at teardown
         outage["restarted"] = time.monotonic()
 
-    thread, errors = _in_background(stop_then_restart)
+    background = Background(stop_then_restart)
     started = time.monotonic()
     try:
         state = extract_project(
             project=scenario["project"], manifest=scenario["manifest"], return_state=True
         )
+        background.wait(timeout=OUTAGE_SECONDS + 60)
     finally:
-        thread.join(timeout=OUTAGE_SECONDS + 60)
+        background.finish()
         from pacsflow.dicom.receiver import stop_process_receiver
 
         stop_process_receiver()
@@ -302,7 +346,6 @@ def test_primary_down_for_a_while_mid_run_is_waited_for_not_skipped(
         f"{outage.get('stopped', 0) - started:.1f} s for "
         f"{outage.get('restarted', 0) - outage.get('stopped', 0):.1f} s"
     )
-    assert not errors, errors
     assert "restarted" in outage, "the primary was never restarted"
     assert outage["exported_before"] < scenario["n_studies"], "the run ended before the outage"
 
@@ -335,3 +378,194 @@ def test_primary_down_for_a_while_mid_run_is_waited_for_not_skipped(
     for _, tried, delay in retries:
         by_try[tried].add(delay)
     assert any(len(delays) > 1 for delays in by_try.values()), "every study waited alike"
+
+
+# -- restarts of the Prefect server and of the ledger's PostgreSQL ---------------------
+
+#: How long the ledger's PostgreSQL stays down (a restart: stop, a pause, start).
+POSTGRES_DOWN_SECONDS = 5.0
+
+
+def restart_postgres(old: PostgresServer, down: float) -> PostgresServer:
+    """Fast shutdown (what ``pg_ctl restart`` does), ``down`` seconds, then the same
+    cluster again on the same port."""
+    old.stop(remove=False)
+    time.sleep(down)
+    bindir = postgres_bindir()
+    assert bindir is not None
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "HOME": str(old.rootdir), "TZ": "UTC"}
+    env.pop("PGDATA", None)
+    argv = [str(bindir / "postgres"), "-D", str(old.datadir), "-p", str(old.port)]
+    argv += ["-k", str(old.socket_dir), "-c", f"listen_addresses={old.host}"]
+    argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    process = _spawn(
+        argv,
+        cwd=old.rootdir,
+        env=env,
+        log_path=old.log_path,
+        start_new_session=True,
+        preexec_fn=_demote(_postgres_ids(), signal.SIGINT),
+    )
+    server = PostgresServer(
+        port=old.port,
+        pid=process.pid,
+        datadir=old.datadir,
+        rootdir=old.rootdir,
+        socket_dir=old.socket_dir,
+        workdir=old.workdir,
+        _process=process,
+    )
+    status = _wait_postgres_ready(server, process, 30)
+    assert status is None, f"restarted postgres exited with {status}: {log_tail(old.log_path)}"
+    return server
+
+
+def restart_prefect_server(old: PrefectServerProcess, database_url: str) -> PrefectServerProcess:
+    """Stop the server (SIGTERM to its group) and start it again on the same port and
+    database, as an operator restarting it would."""
+    old.stop()
+    process = _spawn(
+        [str(prefect_binary()), "server", "start", "--host", "127.0.0.1", "--port", str(old.port)],
+        cwd=old.home,
+        env=prefect_server_env(old.home, database_url),
+        log_path=old.log_path,
+        start_new_session=True,
+        preexec_fn=_set_parent_death_signal,
+    )
+    server = PrefectServerProcess(
+        api_url=old.api_url, pid=process.pid, home=old.home, port=old.port, _process=process
+    )
+    status = _wait_http_ready(
+        server.api_url + "/health",
+        process,
+        90,
+        server.stop,
+        RuntimeError,
+        f"restarted prefect server (pid {server.pid})",
+        log_path=old.log_path,
+        interval=0.2,
+    )
+    assert status is None, f"restarted prefect server exited with {status}"
+    return server
+
+
+def _pull_surviving(
+    scenario: dict,
+    background: Callable[[Callable[[], None]], Background],
+    restart: Callable[[], None],
+) -> str:
+    """Run the pull, calling ``restart`` (in ``background``) once two studies are
+    exported; if the run does not end with every study exported, run the same pull again
+    once the restart is over. Returns which happened: "completed" or "rerun completed"."""
+    from flows.extract import extract_project
+
+    def when_two_exported() -> None:
+        _wait_for(lambda: _exported_count(scenario["site"]) >= 2, 120, "2 studies exported")
+        restart()
+
+    restarting = background(when_two_exported)
+    state = extract_project(
+        project=scenario["project"], manifest=scenario["manifest"], return_state=True
+    )
+    restarting.wait(timeout=150)
+    if state.is_completed() and _exported_count(scenario["site"]) == scenario["n_studies"]:
+        return "completed"
+    print(f"first run: {state.type.value} {state.message}")
+    # What the first run left undone failed for a reason the rerun can cure, and says so.
+    left = [(r.status, r.error_type) for r in _ledger_rows(scenario["site"])]
+    assert {e for status, e in left if status == "failed"} <= {"transient"}, left
+    again = extract_project(
+        project=scenario["project"], manifest=scenario["manifest"], return_state=True
+    )
+    assert again.is_completed(), again.message
+    return "rerun completed"
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[[Callable[[], None]], Background]]:
+    """``background(action)``: a :class:`Background`, finished at teardown."""
+    started: list[Background] = []
+
+    def start(action: Callable[[], None]) -> Background:
+        started.append(Background(action))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.finish()
+
+
+@pytest.fixture
+def stop_receiver():
+    yield
+    from pacsflow.dicom.receiver import stop_process_receiver
+
+    stop_process_receiver()
+
+
+def test_a_restart_of_the_ledgers_postgresql_mid_run(
+    orthanc_factory, tmp_path, prefect_api, stop_receiver, background
+):
+    """The ledger's own PostgreSQL is restarted while studies are being worked on."""
+    require(postgres_available(), "PostgreSQL (apt-get install postgresql)")
+    from blocks.site import save_site
+
+    servers = [start_postgres(tmp_path / "ledger-pg")]
+    try:
+        ledger = servers[0].create_database("ledger")
+        scenario, _primary, _secondary = _site(orthanc_factory, ledger, tmp_path, n_studies=12)
+        save_site(scenario["site"])
+
+        def restart() -> None:
+            servers.append(restart_postgres(servers[0], POSTGRES_DOWN_SECONDS))
+
+        outcome = _pull_surviving(scenario, background, restart)
+        print(f"ledger PostgreSQL restart: {outcome}")
+        assert len(servers) == 2, "PostgreSQL was not restarted"
+        # Either outcome may happen: connections wait for the restarted server, so the
+        # run goes on; but a statement running at the moment of the shutdown fails its
+        # study as transient (an export lane does not retry within the run), and the
+        # rerun exports it. Every study is exported exactly once either way.
+        assert outcome in ("completed", "rerun completed")
+        _assert_exported_exactly_once(scenario)
+    finally:
+        servers[-1].stop()
+
+
+def test_a_restart_of_the_prefect_server_mid_run(
+    orthanc_factory, ledger_url, tmp_path, postgres, stop_receiver, background
+):
+    """This test's own Prefect server (on PostgreSQL, as the README asks for real
+    projects) is restarted while studies are being worked on."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.site import save_site
+
+    database = postgres.create_database(f"prefect_{os.getpid()}", driver="asyncpg")
+    servers = [start_prefect_server(tmp_path / "prefect-home", database)]
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: servers[0].api_url}):
+            scenario, _primary, _secondary = _site(
+                orthanc_factory, ledger_url, tmp_path, n_studies=12
+            )
+            save_site(scenario["site"])
+
+            def restart() -> None:
+                servers.append(restart_prefect_server(servers[0], database))
+
+            outcome = _pull_surviving(scenario, background, restart)
+            print(f"Prefect server restart: {outcome}")
+            assert len(servers) == 2, "the Prefect server was not restarted"
+            _assert_exported_exactly_once(scenario)
+            _drain()
+    finally:
+        servers[-1].stop()
+
+
+def _drain() -> None:
+    """Send buffered logs and events before this test's server goes away."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5, at_exit=False)
+    EventsWorker.drain_all(timeout=5, at_exit=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -75,6 +76,14 @@ def test_an_export_error_inside_the_export_lane_is_an_export_failure():
     assert failure.error_type == "export_failed"
     assert not failure.retriable
     assert failures.describe(Step.DEIDENTIFY, KeyError("x")).error_type == "deid_failed"
+
+
+def test_the_ledger_database_going_away_mid_statement_is_transient_and_retried():
+    """PostgreSQL restarted while a step ran a statement: not the source's fault."""
+    lost = OperationalError("SELECT ... WHERE mrn = %(mrn)s", {"mrn": "MRN0012345"}, Exception())
+    failure = failures.describe(Step.FIND, lost)
+    assert (failure.error_type, failure.retriable) == ("transient", True)
+    assert "MRN0012345" not in failure.public  # SQLAlchemy quotes the parameters
 
 
 def test_a_library_error_keeps_its_text_out_of_the_class_and_the_public_message():
