@@ -384,13 +384,22 @@ def status(
     counts, by_source = _counts(sessions, slug)
     with sessions() as session:
         lines = listed_studies(session, slug)
+        classes = repo.error_class_counts(session, slug)
     if as_json:
         listed = {s.value: [] for s in LISTED}
         for line in lines:
             listed[line.status].append(
                 {"id": line.id, "mrn": line.mrn, "accession": line.accession, "reason": line.reason}
             )
-        report = {"project": slug, "counts": counts, "exported_by_source": by_source, **listed}
+        report = {
+            "project": slug,
+            "counts": counts,
+            "exported_by_source": by_source,
+            "error_classes": [
+                {"status": st, "error_class": kind, "studies": n} for st, kind, n in classes
+            ],
+            **listed,
+        }
         print(json.dumps(report, indent=2))
         return
     console.print(_counts_table(slug, counts, by_source))
@@ -401,6 +410,14 @@ def status(
         for line in lines:
             table.add_row(str(line.id), line.status, line.mrn, line.accession, line.reason)
         console.print(table)
+    if classes:
+        why = Table(title="Why not exported (error classes)")
+        for column in ("status", "error class"):
+            why.add_column(column)
+        why.add_column("studies", justify="right")
+        for st, kind, n in classes:
+            why.add_row(st, kind, str(n))
+        console.print(why)
 
 
 @app.command()

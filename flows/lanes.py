@@ -169,7 +169,7 @@ def _retrieve(
                 repo.mark_exported(session, study.id, record["exported_instances"])
             counts["exported_before"] += 1
             continue
-        step = "find"
+        step = failures.Step.FIND
         try:
             with _handoffs[handoff].times.measure("find"):
                 located = pipeline.locate(ws, study.id, source_name, association, project.ambiguity)
@@ -187,7 +187,7 @@ def _retrieve(
                     status = claims.pass_on(session, study.id, ws.owner, len(project.sources))
                 counts["not_found" if status == "not_found" else "passed_on"] += 1
                 continue
-            step = "fetch"
+            step = failures.Step.FETCH
             with _handoffs[handoff].times.measure("fetch"):
                 _fetch(ws, study, source_name, association)
             _handoffs[handoff].put(study.id)
@@ -195,16 +195,15 @@ def _retrieve(
         except Exception as exc:
             failure = failures.describe(step, exc)
             with ws.sessions() as session:
-                deferred = failures.record(
-                    session, study.id, ws.owner, failure, study.tries, delays
-                )
-            counts["deferred" if deferred else "failed"] += 1
+                delay = failures.record(session, study.id, ws.owner, failure, study.tries, delays)
+            counts["failed" if delay is None else "deferred"] += 1
             logger.warning(
-                "study %s at %s: %s%s",
+                "study %s at %s: %s: %s%s",
                 study.id,
                 source_name,
+                failure.error_type,
                 failure.public,
-                " (will be tried again)" if deferred else "",
+                "" if delay is None else f" (try {study.tries}; tried again in {delay:.1f} s)",
             )
 
 
@@ -242,14 +241,14 @@ def _export(
                 queue_.times.measure,
             )
         except Exception as exc:
-            failure = failures.describe("de-identify and export", exc)
+            failure = failures.describe(failures.Step.DEIDENTIFY, exc)
             with ws.sessions() as session:
                 study = session.get(Study, study_id)
                 tries = study.tries if study is not None else 1
             with ws.sessions() as session:
                 # No retry delay here: a later pull fetches the study again.
                 failures.record(session, study_id, ws.owner, failure, tries, [])
-            logger.warning("study %s: %s", study_id, failure.public)
+            logger.warning("study %s: %s: %s", study_id, failure.error_type, failure.public)
             status = "failed"
         if status == StudyStatus.EXPORTED:
             with ws.sessions() as session:

@@ -165,6 +165,12 @@ def process_studies(
             if not any(running.values()) and not ready:
                 with ws.sessions() as session:
                     deferred = claims.next_deferred(session, project.name)
+                    # Counted again after it: a delay that ran out since the count above
+                    # would look like no work left and end the run with studies waiting
+                    # (seen when a source outage had deferred many at once).
+                    again = claims.claimable_counts(session, project.name, pull)
+                if any(n for i, n in again.items() if i not in closed):
+                    continue
                 if deferred is not None and deferred.tzinfo is None:
                     deferred = deferred.replace(tzinfo=dt.UTC)  # SQLite keeps UTC without a zone
                 # Leases and delays are on the ledger's clock, the real one; windows are

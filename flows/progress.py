@@ -72,12 +72,13 @@ class Progress:
 
 def report(ws: Workspace, project: str, pull: str) -> dict[str, int]:
     """Table artifacts: counts per status (the project's, and this pull's), this pull's
-    counts per failure reason, and its failures by ledger id."""
+    counts per failure reason and per error class, and its failures by ledger id."""
     with ws.sessions() as session:
         counts = repo.status_counts(session, project)
         this_pull = repo.pull_counts(session, project, pull)
         reasons = repo.pull_reason_counts(session, project, pull)
         failed = repo.pull_failures(session, project, pull)
+        classes = repo.error_class_counts(session, project, pull)
     create_table_artifact(
         key=f"{project}-status",
         table=[
@@ -97,11 +98,22 @@ def report(ws: Workspace, project: str, pull: str) -> dict[str, int]:
             description="Studies of this pull that failed, were quarantined or were ambiguous, "
             "per reason (no patient data).",
         )
+    if classes:
+        create_table_artifact(
+            key=f"{project}-error-classes",
+            table=[
+                {"status": status, "error class": kind, "studies": n} for status, kind, n in classes
+            ],
+            description="Why studies of this pull were not exported, by error class: "
+            "not_found (no source holds it), transient (a rerun may cure it), "
+            "source_rejected (ask the source's administrator), deid_failed (check the "
+            "profile), export_failed (check the destination), ambiguous (see the policy).",
+        )
     if failed:
         create_table_artifact(
             key=f"{project}-failures",
             table=[
-                {"ledger id": study_id, "status": status, "reason": error_type or ""}
+                {"ledger id": study_id, "status": status, "error class": error_type or ""}
                 for study_id, status, error_type in failed
             ],
             description="Studies of this pull that failed, were quarantined or were ambiguous, "

@@ -19,6 +19,7 @@ from pathlib import Path
 import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
+from pacsflow import failures
 from pacsflow.config import AmbiguityPolicy, ProjectConfig, RetrieveMethod, SiteConfig
 from pacsflow.deid.pixels import PixelPolicy, PixelVerdict, inspect_instance
 from pacsflow.deid.profile import DeidContext, Profile
@@ -304,7 +305,7 @@ def deidentify_and_export(
         )
 
     destination = make_destination(ws.site.destinations[project.destination])
-    with stage("export"):
+    with stage("export"), failures.during(failures.Step.EXPORT):
         receipt = destination.export(work, project.name, patient, pseudo_study)
     with ws.sessions() as session:
         repo.update_study(

@@ -122,14 +122,27 @@ class ClaimLost(RuntimeError):
     """The lease on a study ran out while this worker still worked on it."""
 
 
-def defer(session: Session, study_id: int, owner: str, delay: float) -> None:
-    """Give the study back, claimable again after ``delay`` seconds (a transient failure)."""
+def defer(
+    session: Session,
+    study_id: int,
+    owner: str,
+    delay: float,
+    reason: str | None = None,
+    error_type: str | None = None,
+) -> None:
+    """Give the study back, claimable again after ``delay`` seconds (a transient failure).
+
+    ``reason`` and ``error_type`` say why while it waits (``pacsflow status`` during a
+    source outage); the next claim clears them.
+    """
     _change(
         session,
         study_id,
         owner,
         claimed_by=None,
         claim_expires=_now() + dt.timedelta(seconds=delay),
+        last_error=reason[:2000] if reason else None,
+        error_type=error_type,
     )
 
 
@@ -155,6 +168,7 @@ def pass_on(session: Session, study_id: int, owner: str, n_sources: int) -> Stud
         owner,
         status=StudyStatus.NOT_FOUND.value,
         source=None,
+        error_type="not_found",  # pacsflow.failures.ErrorClass.NOT_FOUND
         claimed_by=None,
         claim_expires=None,
     )

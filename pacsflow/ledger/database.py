@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +17,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+LOGGER = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; for SQLite, creates the folder and allows several threads.
 
     SQLite gets WAL mode and a 30 s busy timeout because lanes write from several
-    threads (and worker processes) at once.
+    threads (and worker processes) at once. PostgreSQL gets ``pool_pre_ping`` and
+    connections that wait for a restarting server (:func:`_wait_for_the_server`).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -40,7 +45,48 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    _wait_for_the_server(engine)
+    return engine
+
+
+#: How long a new connection to a client-server ledger (PostgreSQL) keeps trying while
+#: the server is down or starting up, before the error reaches the caller.
+RECONNECT_SECONDS = 60.0
+#: Longest pause between two connection attempts.
+RECONNECT_MAX_PAUSE = 2.0
+
+
+def _wait_for_the_server(engine: Engine, seconds: float | None = None) -> None:
+    """Make every new connection wait, up to ``seconds``, for a server that is down.
+
+    A restart of the ledger's PostgreSQL (an upgrade, a fail-over) closes every
+    connection. ``pool_pre_ping`` finds a dead pooled connection when it is checked out
+    and opens a new one; this makes that new connection wait for the server to be back,
+    so the lanes, the lease keeper and the dispatcher go on where they were instead of
+    failing the run. One place for every ledger access: no retry loop around each
+    statement. A statement already running when the server goes still fails.
+
+    Only once the engine has connected: a wrong URL or a server that was never started
+    fails at once, with the driver's message, instead of after a minute.
+    """
+    connected = threading.Event()
+
+    @event.listens_for(engine, "do_connect")
+    def _connect_when_up(dialect, _record, cargs, cparams):
+        deadline = time.monotonic() + (RECONNECT_SECONDS if seconds is None else seconds)
+        pause = 0.1
+        while True:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+                connected.set()
+                return connection
+            except dialect.loaded_dbapi.OperationalError:
+                if not connected.is_set() or time.monotonic() + pause > deadline:
+                    raise
+                LOGGER.warning("the ledger database does not answer; trying again")
+                time.sleep(pause)
+                pause = min(2 * pause, RECONNECT_MAX_PAUSE)
 
 
 #: Key of the PostgreSQL advisory lock that serialises migrations (any fixed number).

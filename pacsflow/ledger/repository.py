@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,27 @@ def pull_counts(session: Session, project: str, pull: str) -> dict[str, int]:
         .group_by(Study.status)
     )
     return {str(status): n for status, n in session.execute(query)}
+
+
+def error_class_counts(
+    session: Session, project: str, pull: str | None = None
+) -> list[tuple[str, str, int]]:
+    """(status, error class, studies) of the project's studies that carry an error class
+    (see :class:`pacsflow.failures.ErrorClass`), or of one pull's only.
+
+    Deferred studies count too: while a source is down they wait as ``retrieving`` with
+    class ``transient``. Error classes hold no identifiers, so they may be shown in Prefect.
+    """
+    condition = and_(Study.project == project, Study.error_type.is_not(None))
+    if pull is not None:
+        condition = and_(condition, Study.pull == pull)
+    query = (
+        select(Study.status, Study.error_type, func.count())
+        .where(condition)
+        .group_by(Study.status, Study.error_type)
+        .order_by(Study.status, Study.error_type)
+    )
+    return [(str(status), str(kind), n) for status, kind, n in session.execute(query)]
 
 
 #: Final statuses a person must look at: the study was not exported and will not be by itself.

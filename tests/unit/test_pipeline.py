@@ -596,7 +596,7 @@ def test_a_truncated_instance_fails_its_study_alone_with_the_reason(
 
     row = ledger_row(ws, broken)
     assert row.status == StudyStatus.FAILED, row.last_error
-    assert row.error_type == "CorruptInstance"
+    assert row.error_type == "source_rejected"
     assert re.fullmatch(
         rf"CorruptInstance: instance [12] of 2 from secondary is not whole: {reason}; .*",
         row.last_error,
