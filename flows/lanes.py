@@ -168,7 +168,9 @@ def _retrieve(
             continue
         step = "find"
         try:
-            located = pipeline.locate(ws, study.id, source_name, association, project.ambiguity)
+            located = pipeline.locate(
+                ws, study.id, source_name, association, project.ambiguity, project.sources
+            )
             if located == pipeline.Located.AMBIGUOUS:  # ended; never passed to the next source
                 counts["ambiguous"] += 1
                 logger.warning(
