@@ -1,6 +1,7 @@
 """Serve or deploy the flows, so users trigger them from the Prefect UI and schedule them.
 
-Two deployments: ``extract-project`` (what users run) and ``process-studies`` (the
+Three deployments: ``extract-project`` (what users run), ``check-project`` (the
+pre-flight check: C-FIND only, see ``flows/check.py``) and ``process-studies`` (the
 retrieval subflow, which ``extract-project`` runs as deployment runs when asked for
 ``workers`` > 1, so that a pull is shared by several worker processes or machines).
 
@@ -25,10 +26,12 @@ from prefect.schedules import Cron
 from blocks.projects import known_projects
 from deployments.crashes import enable_heartbeats, heartbeat_env
 from deployments.form import form_schema, refresh_forms
+from flows.check import check_project
 from flows.extract import CHUNK_DEPLOYMENT, extract_project
 from flows.process import process_studies
 
 DEPLOYMENT = "extract-project"
+CHECK = "check-project"
 CHUNKS = CHUNK_DEPLOYMENT.split("/")[1]
 #: The repository root: a process worker runs the flows from here.
 SOURCE = Path(__file__).resolve().parents[1]
@@ -51,10 +54,26 @@ def build_deployment(
         tags=["pacsflow"],
         description="Find, retrieve, de-identify and export one project's manifest.",
     )
+    return _with_form(deployment)
+
+
+def _with_form(deployment):
+    """The deployment with titles and the site's projects to pick from in its run form."""
     schema = deployment._parameter_openapi_schema  # Prefect keeps the form's schema here
     form = form_schema(schema.model_dump(), list(known_projects()))
     deployment._parameter_openapi_schema = type(schema).model_validate(form)
     return deployment
+
+
+def build_check_deployment():
+    """The pre-flight check, with the same project choice in its form as extract-project."""
+    deployment = check_project.to_deployment(
+        name=CHECK,
+        tags=["pacsflow"],
+        description="Ask every source where each of a manifest's studies is (C-FIND only, "
+        "nothing retrieved); counts per class in an artifact, the findings in the ledger.",
+    )
+    return _with_form(deployment)
 
 
 def build_chunk_deployment():
@@ -73,7 +92,7 @@ def _slug(text: str) -> str:
 def serve_deployments(
     project: str | None = None, manifest: str | None = None, cron: str | None = None
 ) -> None:
-    deployments = [build_deployment(), build_chunk_deployment()]
+    deployments = [build_deployment(), build_check_deployment(), build_chunk_deployment()]
     if cron:
         deployments.append(build_deployment(project, manifest, cron))
     enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
@@ -81,7 +100,7 @@ def serve_deployments(
 
 
 def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
-    """Create the process work pool ``pool`` if needed and register both deployments on it.
+    """Create the process work pool ``pool`` if needed and register the deployments on it.
 
     Returns the deployment names. Workers (``prefect worker start --pool POOL``) run the
     flows from ``source``, which must hold this code on every machine that runs a worker.
@@ -95,6 +114,7 @@ def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
     names = []
     for flow_, name, entrypoint in (
         (extract_project, DEPLOYMENT, "flows/extract.py:extract_project"),
+        (check_project, CHECK, "flows/check.py:check_project"),
         (process_studies, CHUNKS, "flows/process.py:process_studies"),
     ):
         deployed = flow_.from_source(source=str(source), entrypoint=entrypoint)
