@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,8 +26,13 @@ from pacsflow.config import load_project_config, load_site_config
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
 from pacsflow.sandbox.activity import OperationKind
+from tests.integration import test_run_form
 
 pytestmark = pytest.mark.integration
+
+PACSFLOW = str(Path(sys.executable).parent / "pacsflow")
+#: The sandbox configured and served by ``pacsflow serve`` (a fixture, shared).
+served = test_run_form.served
 
 #: The class the check must give a row, by where the sandbox put its study.
 CLASS_OF = {
@@ -173,4 +184,65 @@ def test_a_source_outside_its_window_is_reported_not_checked_and_not_queried(
     assert [by_row[acc] for acc in manifest["accession_number"]] == [
         "primary" if place in ("primary", "both") else "outside_window"
         for place in sandbox.placement
+    ]
+
+
+def test_pacsflow_check_prints_the_counts_and_does_not_check_past_a_source_that_is_down(
+    sandbox_factory, prefect_api, tmp_path
+):
+    sandbox = sandbox_factory(n_studies=8)
+    sandbox.primary.set_offline(True)
+    command = [
+        PACSFLOW,
+        "check",
+        "--config",
+        str(sandbox.config_path),
+        "--project",
+        str(sandbox.project_path),
+        "--manifest",
+        str(sandbox.manifest_path),
+    ]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "120"}
+    done = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"not checked: source unavailable\W+8\b", done.stdout), done.stdout
+    assert re.search(r"found in the primary\W+0\b", done.stdout), done.stdout
+    # Down is not "not there": no study was asked of the secondary instead.
+    assert sandbox.secondary.activity == []
+    assert set(_rows_by_class(sandbox).values()) == {"unavailable"}
+    manifest = pd.read_csv(sandbox.manifest_path)
+    assert not [v for v in manifest["mrn"].astype(str) if v in done.stdout + done.stderr]
+
+
+def test_the_check_deployment_runs_from_the_form_with_the_project_picked_from_the_list(served):
+    from prefect.client.orchestration import get_client
+
+    site = served
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 90
+        deployment = None
+        while deployment is None and time.monotonic() < deadline:
+            try:
+                deployment = client.read_deployment_by_name("check-project/check-project")
+            except Exception:  # not registered yet
+                time.sleep(1)
+        assert deployment is not None, "pacsflow serve never registered check-project"
+        form = deployment.parameter_openapi_schema["properties"]
+        assert "sandbox-demo" in form["project"]["anyOf"][0]["enum"]
+        parameters = {"project": "sandbox-demo", "manifest": str(site.manifest_path)}
+        run = test_run_form._wait(
+            client, client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id
+        )
+
+    assert run.state.is_completed(), run.state.message
+    by_row = _rows_by_class(site)
+    manifest = pd.read_csv(site.manifest_path)
+    assert [by_row[acc] for acc in manifest["accession_number"]] == [
+        CLASS_OF[place] for place in site.placement
+    ]
+    assert site.primary.activity and not [
+        op for op in site.primary.activity + site.secondary.activity if op.kind != "find"
     ]
