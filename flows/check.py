@@ -35,6 +35,7 @@ from pacsflow.check import FOUND, LABELS, CheckResult, check_at_source
 from pacsflow.config import ProjectConfig
 from pacsflow.dicom.association import SourceAssociation
 from pacsflow.errors import SourceUnavailable
+from pacsflow.failures import describe
 from pacsflow.ledger import checks
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import read_manifest
@@ -105,6 +106,16 @@ def check_lane(
                 logger.warning(
                     "source %s did not answer for study %s: %s", source_name, study_id, exc
                 )
+                stopped = "unavailable"
+                break
+            except Exception as exc:  # a library's message may quote identifiers: type only
+                failure = describe("check", exc)
+                with ws.sessions() as session:  # the full reason, ledger only
+                    checks.record_unchecked(
+                        session, [study_id], CheckResult.UNAVAILABLE.value, failure.detail
+                    )
+                logger.warning("study %s at %s: %s", study_id, source_name, failure.public)
+                classes[study_id] = CheckResult.UNAVAILABLE.value  # recorded with its reason
                 stopped = "unavailable"
                 break
             classes[study_id] = result.value if result else "next"
