@@ -205,12 +205,8 @@ def _report(project: str, counts: Counter[str], instances: int, ws: Workspace, i
         f"only, nothing retrieved); the found studies hold {instances} instances. No "
         "patient data.",
     )
-    look = []
     with ws.sessions() as session:
-        for start in range(0, len(ids), 500):
-            look += checks.studies_with_results(
-                session, ids[start : start + 500], [r.value for r in NEEDS_A_LOOK]
-            )
+        look = checks.studies_with_results(session, ids, [r.value for r in NEEDS_A_LOOK])
     if look:
         create_table_artifact(
             key=f"{project}-check-rows",

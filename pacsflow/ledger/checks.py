@@ -133,9 +133,10 @@ def studies_with_results(
     session: Session, study_ids: list[int], results: list[str]
 ) -> list[tuple[int, str]]:
     """(ledger id, check result) of those of ``study_ids`` whose last check is in ``results``."""
-    query = (
-        select(Study.id, Study.check_result)
-        .where(Study.id.in_(study_ids), Study.check_result.in_(results))
-        .order_by(Study.id)
-    )
-    return [(study_id, str(result)) for study_id, result in session.execute(query)]
+    found: list[tuple[int, str]] = []
+    for start in range(0, len(study_ids), _CHUNK):
+        query = select(Study.id, Study.check_result).where(
+            Study.id.in_(study_ids[start : start + _CHUNK]), Study.check_result.in_(results)
+        )
+        found += [(study_id, str(result)) for study_id, result in session.execute(query)]
+    return sorted(found)

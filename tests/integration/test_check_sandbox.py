@@ -89,6 +89,25 @@ def _run_record(flow_run_id) -> str:
     return json.dumps(record, default=str)
 
 
+def _artifact_table(flow_run_id, key: str) -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[key]),
+            )
+        )
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
+
+
 def test_the_check_classifies_every_row_retrieves_nothing_and_the_extraction_trusts_it(
     sandbox_factory, prefect_api
 ):
@@ -128,6 +147,11 @@ def test_the_check_classifies_every_row_retrieves_nothing_and_the_extraction_tru
     identifiers = [*manifest["mrn"].astype(str), *manifest["accession_number"].astype(str)]
     assert [value for value in identifiers if value in record] == []
     assert "found in the primary" in record and "source:primary" in record
+    listed = _artifact_table(state.state_details.flow_run_id, "sandbox-demo-check-rows")
+    site = load_site_config(sandbox.config_path)
+    with session_factory(make_engine(site.ledger))() as session:
+        nowhere = session.query(Study.id).filter(Study.check_result == "not_found").all()
+    assert listed == [{"ledger id": i, "class": "not found anywhere"} for (i,) in sorted(nowhere)]
 
     seen = {pacs.ae_title: len(pacs.activity) for pacs in (sandbox.primary, sandbox.secondary)}
     state = extract_project(
