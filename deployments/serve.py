@@ -54,11 +54,6 @@ def build_deployment(
         tags=["pacsflow"],
         description="Find, retrieve, de-identify and export one project's manifest.",
     )
-    return _with_form(deployment)
-
-
-def _with_form(deployment):
-    """The deployment with titles and the site's projects to pick from in its run form."""
     schema = deployment._parameter_openapi_schema  # Prefect keeps the form's schema here
     form = form_schema(schema.model_dump(), list(known_projects()))
     deployment._parameter_openapi_schema = type(schema).model_validate(form)
@@ -73,7 +68,10 @@ def build_check_deployment():
         description="Ask every source where each of a manifest's studies is (C-FIND only, "
         "nothing retrieved); counts per class in an artifact, the findings in the ledger.",
     )
-    return _with_form(deployment)
+    schema = deployment._parameter_openapi_schema
+    form = form_schema(schema.model_dump(), list(known_projects()))
+    deployment._parameter_openapi_schema = type(schema).model_validate(form)
+    return deployment
 
 
 def build_chunk_deployment():
@@ -92,11 +90,11 @@ def _slug(text: str) -> str:
 def serve_deployments(
     project: str | None = None, manifest: str | None = None, cron: str | None = None
 ) -> None:
-    deployments = [build_deployment(), build_check_deployment(), build_chunk_deployment()]
+    deployments = [build_deployment(), build_chunk_deployment()]
     if cron:
         deployments.append(build_deployment(project, manifest, cron))
     enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
-    serve(*deployments)
+    serve(*deployments, build_check_deployment())
 
 
 def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
