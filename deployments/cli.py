@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deployments.cli_check import check
 from deployments.cli_projects import app as projects_app
 from deployments.server import ensure_server
 from pacsflow.config import ProjectConfig, SiteConfig, load_project_config, load_site_config
@@ -509,6 +508,9 @@ def export_linker_command(
 
 
 app.add_typer(projects_app, name="project")
+
+from deployments.cli_check import check  # noqa: E402 (it imports helpers from this module)
+
 app.command()(check)
 
 if __name__ == "__main__":
