@@ -710,5 +710,9 @@ def export_linker_command(
 app.add_typer(projects_app, name="project")
 app.command("report")(report_command)
 
+from deployments.cli_check import check  # noqa: E402 (it imports helpers from this module)
+
+app.command()(check)
+
 if __name__ == "__main__":
     app()

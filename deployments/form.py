@@ -22,6 +22,8 @@ TITLES = {
     "export_lanes": "Export lanes",
 }
 FLOW_NAME = "extract-project"
+#: Flows whose forms offer the site's projects: the pull, and its pre-flight check.
+FORM_FLOWS = [FLOW_NAME, "check-project"]
 
 
 def form_schema(schema: dict[str, Any], projects: list[str]) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def form_schema(schema: dict[str, Any], projects: list[str]) -> dict[str, Any]:
 
 
 def refresh_forms(site: str = "default") -> int:
-    """Offer the site's current projects in every extract-project deployment's form.
+    """Offer the site's current projects in every extract-project and check-project form.
 
     Called after a project is registered; returns how many deployments were updated.
     """
@@ -58,7 +60,7 @@ def refresh_forms(site: str = "default") -> int:
     updated = 0
     with get_client(sync_client=True) as client:
         deployments = client.read_deployments(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=FORM_FLOWS))
         )
         for deployment in deployments:
             schema = form_schema(deployment.parameter_openapi_schema or {}, projects)

@@ -1,6 +1,7 @@
 """Serve or deploy the flows, so users trigger them from the Prefect UI and schedule them.
 
-Two deployments: ``extract-project`` (what users run) and ``process-studies`` (the
+Three deployments: ``extract-project`` (what users run), ``check-project`` (the
+pre-flight check: C-FIND only, see ``flows/check.py``) and ``process-studies`` (the
 retrieval subflow, which ``extract-project`` runs as deployment runs when asked for
 ``workers`` > 1, so that a pull is shared by several worker processes or machines).
 
@@ -25,10 +26,12 @@ from prefect.schedules import Cron
 from blocks.projects import known_projects
 from deployments.crashes import enable_heartbeats, heartbeat_env
 from deployments.form import form_schema, refresh_forms
+from flows.check import check_project
 from flows.extract import CHUNK_DEPLOYMENT, extract_project
 from flows.process import process_studies
 
 DEPLOYMENT = "extract-project"
+CHECK = "check-project"
 CHUNKS = CHUNK_DEPLOYMENT.split("/")[1]
 #: The repository root: a process worker runs the flows from here.
 SOURCE = Path(__file__).resolve().parents[1]
@@ -64,6 +67,21 @@ def build_deployment(
     return deployment
 
 
+def build_check_deployment(site: str | None = None):
+    """The pre-flight check, with the same project choice in its form as extract-project."""
+    deployment = check_project.to_deployment(
+        name=CHECK,
+        parameters={"site": site} if site else {},
+        tags=["pacsflow"],
+        description="Ask every source where each of a manifest's studies is (C-FIND only, "
+        "nothing retrieved); counts per class in an artifact, the findings in the ledger.",
+    )
+    schema = deployment._parameter_openapi_schema
+    form = form_schema(schema.model_dump(), list(known_projects(site or "default")))
+    deployment._parameter_openapi_schema = type(schema).model_validate(form)
+    return deployment
+
+
 def build_chunk_deployment():
     """The retrieval subflow as a deployment: one chunk of a pull per run."""
     return process_studies.to_deployment(
@@ -88,11 +106,11 @@ def serve_deployments(
     if cron:
         deployments.append(build_deployment(project, manifest, cron, site=site, timezone=timezone))
     enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
-    serve(*deployments)
+    serve(*deployments, build_check_deployment(site))
 
 
 def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
-    """Create the process work pool ``pool`` if needed and register both deployments on it.
+    """Create the process work pool ``pool`` if needed and register the deployments on it.
 
     Returns the deployment names. Workers (``prefect worker start --pool POOL``) run the
     flows from ``source``, which must hold this code on every machine that runs a worker.
@@ -106,6 +124,7 @@ def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
     names = []
     for flow_, name, entrypoint in (
         (extract_project, DEPLOYMENT, "flows/extract.py:extract_project"),
+        (check_project, CHECK, "flows/check.py:check_project"),
         (process_studies, CHUNKS, "flows/process.py:process_studies"),
     ):
         deployed = flow_.from_source(source=str(source), entrypoint=entrypoint)

@@ -172,7 +172,9 @@ def _retrieve(
         step = failures.Step.FIND
         try:
             with _handoffs[handoff].times.measure("find"):
-                located = pipeline.locate(ws, study.id, source_name, association, project.ambiguity)
+                located = pipeline.locate(
+                    ws, study.id, source_name, association, project.ambiguity, project.sources
+                )
             if located == pipeline.Located.AMBIGUOUS:  # ended; never passed to the next source
                 counts["ambiguous"] += 1
                 logger.warning(

@@ -7,6 +7,7 @@ only values that are safe to show in Prefect: booleans, counts, source names.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacsflow import failures
+from pacsflow.check import trusted_check
 from pacsflow.config import AmbiguityPolicy, ProjectConfig, RetrieveMethod, SiteConfig
 from pacsflow.deid.pixels import PixelPolicy, PixelVerdict, inspect_instance
 from pacsflow.deid.profile import DeidContext, Profile
@@ -102,6 +104,7 @@ def locate(
     source_name: str,
     association: SourceAssociation | None = None,
     policy: AmbiguityPolicy = "none",
+    sources: list[str] | None = None,
 ) -> Located:
     """C-FIND the study at one source, decide with the project's ambiguity ``policy``
     (:func:`pacsflow.dicom.matching.choose`) and record the outcome in the ledger.
@@ -113,12 +116,19 @@ def locate(
     with one match would not make the row any clearer; it would hide the question (and
     retrieve from a slower source what the primary has). ``association``: a lane's open
     association to the source, reused; else a new one.
+
+    A fresh pre-flight check that found the study (:func:`pacsflow.check.trusted_check`)
+    answers instead of a C-FIND: found here, or, given the project's ``sources`` in order,
+    not here because a later source holds it.
     """
     source = ws.site.sources[source_name]
     with ws.sessions() as session:
         study = repo.get_study(session, study_id)
         query = StudyQuery(study.study_uid, study.mrn, study.accession_number)
         manifest_date = study.study_date
+        trusted = trusted_check(study, source_name, sources, dt.datetime.now(dt.UTC))
+    if trusted is not None:  # the check recorded source, found UID and instance count
+        return Located.FOUND if trusted else Located.NOT_FOUND
     choice = choose(find_studies(source, ws.calling_ae, query, association), manifest_date, policy)
     if choice.not_found:
         return Located.NOT_FOUND

@@ -133,6 +133,13 @@ class Study(Base):
     #: Attempts at the current source in that pull (its retry budget is the source's).
     tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
+    # The last pre-flight check (see pacsflow.check): C-FIND only, nothing retrieved.
+    #: Its class (a pacsflow.check.CheckResult value); None if never checked.
+    check_result: Mapped[str | None] = mapped_column(String(16))
+    checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Why (match counts and study dates): ledger only, like last_error.
+    check_detail: Mapped[str | None] = mapped_column(Text)
+
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=_now, onupdate=_now, server_default=func.now()

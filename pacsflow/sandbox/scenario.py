@@ -30,6 +30,9 @@ class SandboxSite:
     project_path: Path
     manifest_path: Path
     expected: dict[str, int] = field(default_factory=dict)
+    #: Where each manifest row's study is ("primary", "secondary", "both", "neither"),
+    #: in the manifest's order.
+    placement: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         self.primary.stop()
@@ -151,5 +154,5 @@ def build_sandbox(
     pd.DataFrame(rows).to_csv(manifest_path, index=False)
     expected = {p: places.count(p) for p in ("primary", "secondary", "both", "neither")}
     return SandboxSite(
-        folder, primary, secondary, config_path, project_path, manifest_path, expected
+        folder, primary, secondary, config_path, project_path, manifest_path, expected, places
     )

@@ -64,7 +64,7 @@ def test_migrate_creates_folder_and_is_safe_twice(tmp_path: Path) -> None:
         tables = set(inspect(engine).get_table_names())
         assert tables == {"studies", "projects", "alembic_version"}
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0004"
+            assert MigrationContext.configure(connection).get_current_revision() == "0005"
     finally:
         engine.dispose()
 
