@@ -30,7 +30,7 @@ from pacsflow.deid.profile import build_profile
 from pacsflow.errors import ConfigError, ManifestError
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
-from pacsflow.ledger.models import StudyStatus
+from pacsflow.ledger.models import FINAL, StudyStatus
 from pacsflow.ledger.repository import KeyChanged
 from pacsflow.manifest import read_manifest
 
@@ -40,7 +40,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-DONE = ("exported", "not_found", "excluded", "quarantined", "ambiguous", "expanded", "failed")
+#: Statuses that end an attempt (the progress bar's "done"); every final status.
+DONE = tuple(status.value for status in FINAL)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site configuration file.")]
 
@@ -208,7 +209,8 @@ def run_extract(
         console.print(f"Exported studies are under {Path(dest.path).resolve() / project.name}")
     else:
         console.print(f"Exported studies went to destination {project.destination} ({dest.type})")
-    if any(counts[s] for s in ("failed", "quarantined", "ambiguous", "pending", "retrieving")):
+    unfinished = (*repo.NEEDS_ATTENTION, StudyStatus.PENDING, StudyStatus.RETRIEVING)
+    if any(counts[s.value] for s in unfinished):
         console.print("Some studies did not finish; `pacsflow status` shows why.")
         return 1
     return 0
@@ -236,7 +238,7 @@ def extract(
     ] = False,
 ) -> None:
     """Extract a project's manifest: exit 0 if all ended exported, not found or excluded,
-    1 if any failed, was quarantined or was ambiguous, 2 on invalid input."""
+    1 if any failed, was quarantined, ambiguous or partial, 2 on invalid input."""
     site, proj, rows = _load_inputs(config, project, manifest)
     console.print(f"Manifest is valid: {rows} studies.")
     _connect(verbose)
@@ -251,8 +253,9 @@ def status(
     config: ConfigOption = Path("pacsflow.yaml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts per status, and why studies failed, were quarantined, ambiguous or excluded
-    (by ledger id; the study's identifiers are masked)."""
+    """Counts per status, and why studies failed, were quarantined, ambiguous, partial or
+    excluded, or were exported with instances missing (by ledger id; the study's
+    identifiers are masked)."""
     try:
         site = load_site_config(config)
     except ConfigError as exc:
@@ -264,6 +267,8 @@ def status(
             status.value: repo.failures(session, project, (status,))
             for status in (*repo.NEEDS_ATTENTION, StudyStatus.EXCLUDED)
         }
+        # allow_partial: exported, but short of what the source announced.
+        reasons["exported_partial"] = repo.partially_exported(session, project)
     if as_json:
         print(
             json.dumps(
@@ -294,11 +299,13 @@ def status(
 @app.command()
 def requeue(
     project: Annotated[str, typer.Option(help="Project slug.")],
-    status: Annotated[str, typer.Option(help="not_found, excluded, quarantined or ambiguous.")],
+    status: Annotated[
+        str, typer.Option(help="not_found, excluded, quarantined, ambiguous or partial.")
+    ],
     config: ConfigOption = Path("pacsflow.yaml"),
 ) -> None:
-    """Send a project's not-found, excluded, quarantined or ambiguous studies back to the
-    queue."""
+    """Send a project's not-found, excluded, quarantined, ambiguous or partial studies
+    back to the queue."""
     try:
         site = load_site_config(config)
         wanted = StudyStatus(status)
