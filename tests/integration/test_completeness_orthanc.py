@@ -31,23 +31,15 @@ from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Located, Workspace, fetch, locate
-from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from pacsflow.sandbox.synthetic import make_patients, write_study
 from tests.servers import free_port
+from tests.unit.test_pipeline import study_of
 
 pytestmark = pytest.mark.integration
 
 [PATIENT] = make_patients(1, seed=11)
 DATE = dt.date(2022, 6, 1)
-FIVE = make_study(
-    mrn=PATIENT.mrn,
-    accession="ACC9001",
-    study_date=DATE,
-    patient_name=PATIENT.name,
-    birth_date=PATIENT.birth_date,
-    sex=PATIENT.sex,
-    n_series=1,
-    n_instances=5,
-)
+FIVE = study_of(PATIENT, "ACC9001", "CT", DATE, n_series=1, n_instances=5)
 STUDY_UID = str(FIVE[0].StudyInstanceUID)
 SERIES_UID = str(FIVE[0].SeriesInstanceUID)
 ALL_UIDS = {str(ds.SOPInstanceUID) for ds in FIVE}

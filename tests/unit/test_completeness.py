@@ -38,34 +38,20 @@ from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Located, Workspace, begin, deidentify_and_export, fetch, locate
-from pacsflow.sandbox import FakePatient, SandboxPacs, make_patients, make_study
+from pacsflow.sandbox import SandboxPacs, make_patients
 from pacsflow.sandbox.activity import Operation, OperationKind
+from tests.unit.test_pipeline import study_of  # a sandbox study of one fake patient
 
 PSEUDONYMIZER = Pseudonymizer(bytes(range(32)))
 BASIC = build_profile("basic")
-DATE = dt.date(2024, 3, 5)
+DATE = dt.date(2024, 3, 5)  # study_of's date
 [PATIENT, OTHER] = make_patients(2, seed=33)
 
 
-def study_of(
-    patient: FakePatient, accession: str, n_series: int, n_instances: int
-) -> list[Dataset]:
-    return make_study(
-        mrn=patient.mrn,
-        accession=accession,
-        study_date=DATE,
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
-        n_series=n_series,
-        n_instances=n_instances,
-    )
-
-
 #: One series of five instances, in the PACS's (insertion) order.
-FIVE = study_of(PATIENT, "ACC3001", 1, 5)
+FIVE = study_of(PATIENT, "ACC3001", "CT", n_series=1, n_instances=5)
 #: Two series of three instances.
-SIX = study_of(OTHER, "ACC3002", 2, 3)
+SIX = study_of(OTHER, "ACC3002", "CT", n_series=2, n_instances=3)
 RETRIES = [0.0, 0.0, 0.0]  # the source's retry count is len(retry_delays): three re-fetches
 
 
