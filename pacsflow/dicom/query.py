@@ -1,4 +1,4 @@
-"""Study-level and image-level C-FIND against one source (PS3.4 Annex C, Study Root model).
+"""C-FIND against one source (PS3.4 Annex C, Study Root model): studies, and their instances.
 
 The outcome is a value: a list of matches, empty when the source answered and has no
 such study; which of several matches a manifest row wants is decided in
@@ -6,7 +6,7 @@ such study; which of several matches a manifest row wants is decided in
 failure status raises :class:`~pacsflow.errors.SourceUnavailable`, because only a
 clean "no match" may send a study on to the next source.
 
-The image-level C-FIND (:func:`find_instances`) lists a located study's instances: how
+Series- and image-level C-FINDs (:func:`find_instances`) list a located study's instances: how
 many to expect when the source does not answer NumberOfStudyRelatedInstances, and which
 ones to fetch again when some did not arrive.
 """
@@ -102,17 +102,26 @@ class InstanceRef:
     sop_uid: str
 
 
-def _instance_identifier(study_uid: str) -> Dataset:
-    """An IMAGE-level C-FIND identifier for every instance of one study.
+def _series_identifier(study_uid: str) -> Dataset:
+    """A SERIES-level C-FIND identifier for every series of one study."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = ""
+    return ds
 
-    The series UID is a return key (universal matching): relational queries, which
-    Orthanc and the sandbox answer. A strictly hierarchical SCP (PS3.4 C.4.1.3.1) would
-    need one query per series.
+
+def _instance_identifier(study_uid: str, series_uid: str) -> Dataset:
+    """An IMAGE-level C-FIND identifier for every instance of one series.
+
+    The unique keys of the levels above are given as single values: a hierarchical
+    query (PS3.4 C.4.1.3.1), the one every Study Root SCP must answer, where a
+    relational one (no series UID) is an extended negotiation few sources accept.
     """
     ds = Dataset()
     ds.QueryRetrieveLevel = "IMAGE"
     ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = ""
+    ds.SeriesInstanceUID = series_uid
     ds.SOPInstanceUID = ""
     return ds
 
@@ -170,17 +179,25 @@ def find_instances(
     study_uid: str,
     association: SourceAssociation | None = None,
 ) -> list[InstanceRef]:
-    """Every instance ``source`` lists for the study (IMAGE-level C-FIND), each once.
+    """Every instance ``source`` lists for the study, each once: a SERIES-level C-FIND,
+    then an IMAGE-level one per series (1 + series requests, on one association).
 
     Uses ``association`` when given (a lane's, kept open), else one of its own.
     """
     if association is None:
         with SourceAssociation(source, calling_ae) as own:
             return find_instances(source, calling_ae, study_uid, own)
+    series = _c_find(source, association, _series_identifier(study_uid))
     listed: dict[str, InstanceRef] = {}
-    for response in _c_find(source, association, _instance_identifier(study_uid)):
-        sop_uid = str(response.get("SOPInstanceUID", "") or "").strip()
-        if sop_uid:
-            series_uid = str(response.get("SeriesInstanceUID", "") or "").strip()
-            listed.setdefault(sop_uid, InstanceRef(series_uid, sop_uid))
+    for series_uid in dict.fromkeys(_uid(response, "SeriesInstanceUID") for response in series):
+        if not series_uid:
+            continue
+        for response in _c_find(source, association, _instance_identifier(study_uid, series_uid)):
+            sop_uid = _uid(response, "SOPInstanceUID")
+            if sop_uid:
+                listed.setdefault(sop_uid, InstanceRef(series_uid, sop_uid))
     return list(listed.values())
+
+
+def _uid(response: Dataset, keyword: str) -> str:
+    return str(response.get(keyword, "") or "").strip()

@@ -190,7 +190,7 @@ def test_two_lost_instances_are_fetched_again_by_uid(
     ops = served_since(pacs, mark)
     # The PACS's own record: the study once (3 arrived), then the 2 missing by their UIDs.
     assert retrievals(ops) == [("STUDY", 3), ("IMAGE", 2)]
-    assert [op.level for op in ops if op.kind == OperationKind.FIND] == ["IMAGE"]
+    assert [op.level for op in ops if op.kind == OperationKind.FIND] == ["SERIES", "IMAGE"]
     assert staged_uids(ws, FIVE) == {str(ds.SOPInstanceUID) for ds in FIVE}
     row = ledger_row(ws, study_id)
     assert (row.expected_instances, row.received_instances) == (5, 5)
@@ -275,7 +275,7 @@ def test_without_a_count_from_the_source_its_image_level_list_is_the_count(
     study_id = located(ws, FIVE, "move", lane)
 
     finds = [op for op in served_since(pacs, mark) if op.kind == OperationKind.FIND]
-    assert [(op.level, op.instances) for op in finds] == [("STUDY", 1), ("IMAGE", 5)]
+    assert [(op.level, op.instances) for op in finds] == [("STUDY", 1), ("SERIES", 1), ("IMAGE", 5)]
     assert ledger_row(ws, study_id).expected_instances == 5
     pacs.drop_instances(2, requests=1)  # and the count it gave is what fetch must reach
     assert fetch(ws, study_id, "move", lane["move"]).received == 5
