@@ -115,8 +115,9 @@ def _instance_identifier(study_uid: str, series_uid: str) -> Dataset:
     """An IMAGE-level C-FIND identifier for every instance of one series.
 
     The unique keys of the levels above are given as single values: a hierarchical
-    query (PS3.4 C.4.1.3.1), the one every Study Root SCP must answer, where a
-    relational one (no series UID) is an extended negotiation few sources accept.
+    query (PS3.4 C.4.1.3.1), the one every Study Root SCP must answer. A relational one
+    (no series UID) needs extended negotiation a source may refuse; Orthanc and dcmqrscp
+    happen to answer it, which is no promise for others.
     """
     ds = Dataset()
     ds.QueryRetrieveLevel = "IMAGE"
