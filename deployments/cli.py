@@ -41,7 +41,7 @@ from pacsflow.deid.profile import build_profile
 from pacsflow.errors import ConfigError, ManifestError
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
-from pacsflow.ledger.models import StudyStatus
+from pacsflow.ledger.models import FINAL, StudyStatus
 from pacsflow.ledger.repository import KeyChanged
 from pacsflow.manifest import read_manifest
 
@@ -53,7 +53,8 @@ app = typer.Typer(
 console = Console()
 #: The site block's default name (``blocks.site.DEFAULT_SITE``; blocks import prefect).
 DEFAULT_SITE = "default"
-DONE = ("exported", "not_found", "excluded", "quarantined", "ambiguous", "expanded", "failed")
+#: Statuses that end an attempt (the progress bar's "done"); every final status.
+DONE = tuple(status.value for status in FINAL)
 
 ConfigOption = Annotated[
     Path | None,
@@ -321,7 +322,8 @@ def run_extract(
         console.print(f"Exported studies are under {Path(dest.path).resolve() / project.name}")
     else:
         console.print(f"Exported studies went to destination {project.destination} ({dest.type})")
-    if any(counts[s] for s in ("failed", "quarantined", "ambiguous", "pending", "retrieving")):
+    unfinished = (*repo.NEEDS_ATTENTION, StudyStatus.PENDING, StudyStatus.RETRIEVING)
+    if any(counts[s.value] for s in unfinished):
         console.print("Some studies did not finish; `pacsflow status` shows why.")
         return 1
     return 0
@@ -350,7 +352,7 @@ def extract(
     ] = False,
 ) -> None:
     """Extract a project's manifest: exit 0 if all ended exported, not found or excluded,
-    1 if any failed, was quarantined or was ambiguous, 2 on invalid input."""
+    1 if any failed, was quarantined, ambiguous or partial, 2 on invalid input."""
     config = _site_path(config)
     project_file = _project_file(project, config)
     site, proj, rows = _load_inputs(config, project_file, manifest)
@@ -373,7 +375,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Counts per status and per source, and the studies not found, failed, quarantined,
-    ambiguous or excluded, by ledger id with their identifiers masked."""
+    ambiguous, partial or excluded, or exported with instances missing, by ledger id with
+    their identifiers masked."""
     config = _site_path(config)
     try:
         site = load_site_config(config)
@@ -385,6 +388,8 @@ def status(
     with sessions() as session:
         lines = listed_studies(session, slug)
         classes = repo.error_class_counts(session, slug)
+        # allow_partial: exported, but short of what the source announced.
+        short = repo.partially_exported(session, slug)
     if as_json:
         listed = {s.value: [] for s in LISTED}
         for line in lines:
@@ -399,6 +404,7 @@ def status(
                 {"status": st, "error_class": kind, "studies": n} for st, kind, n in classes
             ],
             **listed,
+            "exported_partial": [{"id": i, "reason": r} for i, r in short],
         }
         print(json.dumps(report, indent=2))
         return
@@ -410,6 +416,8 @@ def status(
         for line in lines:
             table.add_row(str(line.id), line.status, line.mrn, line.accession, line.reason)
         console.print(table)
+    for study_id, reason in short:
+        console.print(f"  exported partial: study {study_id}: {reason}", highlight=False)
     if classes:
         why = Table(title="Why not exported (error classes)")
         for column in ("status", "error class"):
@@ -423,10 +431,13 @@ def status(
 @app.command()
 def requeue(
     project: ProjectOption,
-    status: Annotated[str, typer.Option(help="not_found, excluded, quarantined or ambiguous.")],
+    status: Annotated[
+        str, typer.Option(help="not_found, excluded, quarantined, ambiguous or partial.")
+    ],
     config: ConfigOption = None,
 ) -> None:
-    """Send a project's not-found, excluded, quarantined or ambiguous studies back to the queue."""
+    """Send a project's not-found, excluded, quarantined, ambiguous or partial studies back
+    to the queue."""
     config = _site_path(config)
     try:
         site = load_site_config(config)

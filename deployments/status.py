@@ -20,6 +20,7 @@ LISTED = (
     StudyStatus.FAILED,
     StudyStatus.QUARANTINED,
     StudyStatus.AMBIGUOUS,
+    StudyStatus.PARTIAL,
     StudyStatus.EXCLUDED,
 )
 

@@ -97,8 +97,12 @@ def close_handoff(handoff: Handoff) -> None:
 
 
 def _fetch(
-    ws: pipeline.Workspace, study: Study, source_name: str, association: SourceAssociation
-) -> int:
+    ws: pipeline.Workspace,
+    study: Study,
+    source_name: str,
+    association: SourceAssociation,
+    allow_partial: bool,
+) -> pipeline.Fetched:
     """Fetch, first occupying the source's image limit with the study's instance count."""
     max_images = ws.site.sources[source_name].max_images
     guard = nullcontext()
@@ -106,7 +110,7 @@ def _fetch(
         slots = image_slots(pipeline.expected_instances(ws, study.id), max_images)
         guard = concurrency(image_limit_name(source_name), occupy=slots, strict=True)
     with guard:
-        return pipeline.fetch(ws, study.id, source_name, association)
+        return pipeline.fetch(ws, study.id, source_name, association, allow_partial)
 
 
 @task(task_run_name="{source_name}-lane-{lane}", cache_policy=NO_CACHE)
@@ -123,8 +127,8 @@ def retrieval_lane(
 
     Carries the tag ``source:<name>`` (set by the dispatcher), so it runs only while it
     holds one of the source's slots. Returns counts: staged, passed on, not found,
-    ambiguous, expanded, deferred (a transient error: tried again after the source's
-    retry delay), failed.
+    ambiguous, expanded, partial, deferred (a transient error: tried again after the
+    source's retry delay), failed.
     """
     ws = workspace(site)
     counts: Counter[str] = Counter()
@@ -191,7 +195,17 @@ def _retrieve(
                 continue
             step = failures.Step.FETCH
             with _handoffs[handoff].times.measure("fetch"):
-                _fetch(ws, study, source_name, association)
+                fetched = _fetch(ws, study, source_name, association, project.allow_partial)
+            if not fetched.exportable:  # ended partial: instances missing, not exported
+                counts["partial"] += 1
+                logger.warning(
+                    "study %s at %s is partial (%d of %d instances); `pacsflow status` says why",
+                    study.id,
+                    source_name,
+                    fetched.received,
+                    fetched.expected,
+                )
+                continue
             _handoffs[handoff].put(study.id)
             counts["staged"] += 1
         except Exception as exc:

@@ -116,8 +116,8 @@ def report(ws: Workspace, project: str, pull: str) -> dict[str, int]:
                 {"ledger id": study_id, "status": status, "error class": error_type or ""}
                 for study_id, status, error_type in failed
             ],
-            description="Studies of this pull that failed, were quarantined or were ambiguous, "
-            "by ledger id; "
+            description="Studies of this pull that failed, were quarantined, ambiguous or "
+            "partial, by ledger id; "
             "`pacsflow status` shows each one's full reason.",
         )
     return counts

@@ -412,6 +412,12 @@ class ProjectConfig(_Frozen):
         "ambiguous; 'date_match' keeps the one match on the manifest's date (else "
         "ambiguous); 'all' retrieves every match.",
     )
+    allow_partial: bool = Field(
+        default=False,
+        description="Export a study that still lacks instances after they were fetched "
+        "again (the ledger records it exported, with error type 'partial' and both counts). "
+        "False ends it 'partial' and exports nothing.",
+    )
 
     @property
     def key_secret_name(self) -> str:

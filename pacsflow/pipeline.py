@@ -31,9 +31,9 @@ from pacsflow.dicom import integrity, routes, storage
 from pacsflow.dicom.association import SourceAssociation
 from pacsflow.dicom.matching import choose
 from pacsflow.dicom.peers import AllowedPeers, allowed_peers
-from pacsflow.dicom.query import StudyQuery, find_studies
+from pacsflow.dicom.query import StudyQuery, find_instances, find_studies
 from pacsflow.dicom.receiver import process_receiver
-from pacsflow.dicom.retrieve import get_study, move_study
+from pacsflow.dicom.retrieve import get_instances, get_study, move_instances, move_study
 from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export import make_destination
 from pacsflow.filters import read_headers, select_instances
@@ -141,30 +141,117 @@ def locate(
             repo.expand(session, study_id, source_name, [m.study_uid for m in choice.studies])
         return Located.EXPANDED
     [match] = choice.studies
+    expected = match.instances
+    if expected is None:  # the source does not count: its list of instances does
+        expected = len(find_instances(source, ws.calling_ae, match.study_uid, association))
     with ws.sessions() as session:
         repo.update_study(
             session,
             study_id,
             source=source_name,
             found_study_uid=match.study_uid,
-            expected_instances=match.instances,
+            expected_instances=expected,
         )
     return Located.FOUND
 
 
 def expected_instances(ws: Workspace, study_id: int) -> int | None:
-    """Instances the source announced for the located study (None if it did not say)."""
+    """Instances the source announced for the located study (None before it is located)."""
     with ws.sessions() as session:
         return repo.get_study(session, study_id).expected_instances
 
 
-def fetch(
-    ws: Workspace, study_id: int, source_name: str, association: SourceAssociation | None = None
-) -> int:
-    """Retrieve a located study into raw staging; returns the number of instances held.
+@dataclass(frozen=True)
+class Fetched:
+    """What :func:`fetch` staged: counts, safe to show in Prefect."""
 
-    Fewer instances than the source announced is a retriable error: a later attempt
-    starts again from an empty folder.
+    received: int  #: instances held in raw staging
+    expected: int  #: instances the source announced (or listed)
+    refetches: int  #: IMAGE-level retrievals of missing instances it took
+    #: False when instances are missing and the project does not export partial studies:
+    #: the study has ended ``partial`` and its staging is cleared.
+    exportable: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.received >= self.expected
+
+
+def _retrieve_study(
+    ws: Workspace,
+    source_name: str,
+    study_uid: str,
+    folder: Path,
+    association: SourceAssociation | None,
+) -> None:
+    """One STUDY-level C-MOVE (into our receiver) or C-GET into ``folder``."""
+    source = ws.site.sources[source_name]
+    if source.retrieve == RetrieveMethod.GET:
+        get_study(source, ws.calling_ae, study_uid, folder, association)
+        return
+    receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
+    with routes.expect_study(ws.staging, study_uid, folder):
+        move_study(source, ws.calling_ae, receiver.config.ae_title, study_uid, association)
+
+
+def _retrieve_missing(
+    ws: Workspace,
+    source_name: str,
+    study_uid: str,
+    folder: Path,
+    association: SourceAssociation | None,
+) -> int:
+    """IMAGE-level C-MOVE or C-GET of the instances the source lists and ``folder``
+    lacks, one request per series; returns how many requests were sent (0: none missing).
+    """
+    source = ws.site.sources[source_name]
+    listed = find_instances(source, ws.calling_ae, study_uid, association)
+    missing = set(storage.missing_instances(folder, [i.sop_uid for i in listed]))
+    by_series: dict[str, list[str]] = {}
+    for instance in listed:
+        if instance.sop_uid in missing:
+            by_series.setdefault(instance.series_uid, []).append(instance.sop_uid)
+    for series_uid, sop_uids in by_series.items():
+        if source.retrieve == RetrieveMethod.GET:
+            get_instances(
+                source, ws.calling_ae, study_uid, series_uid, sop_uids, folder, association
+            )
+            continue
+        receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
+        with routes.expect_study(ws.staging, study_uid, folder):
+            move_instances(
+                source,
+                ws.calling_ae,
+                receiver.config.ae_title,
+                study_uid,
+                series_uid,
+                sop_uids,
+                association,
+            )
+    return len(by_series)
+
+
+def fetch(
+    ws: Workspace,
+    study_id: int,
+    source_name: str,
+    association: SourceAssociation | None = None,
+    allow_partial: bool = False,
+) -> Fetched:
+    """Retrieve a located study into raw staging, completely if the source lets us.
+
+    The count to reach is the C-FIND's (see :func:`locate`). When fewer instances
+    arrive, only the missing ones are fetched again, by their SOP Instance UIDs, up to
+    the source's retry count (``len(retry_delays)``) within this attempt and without
+    waiting: the slot is held, and a source that drops part of a transfer usually sends
+    the rest when asked. Instances already received are kept, also across attempts: a
+    folder that holds some (a try cut off by an error, a killed run) is completed, not
+    fetched again.
+
+    Still short after that, the study ends ``partial`` (staging cleared, nothing
+    exported) unless ``allow_partial``; then it goes on to export and the ledger keeps
+    both counts. Nothing received at all is a retriable error, as is an aborted transfer
+    (the files it delivered stay for the next try).
     """
     source = ws.site.sources[source_name]
     with ws.sessions() as session:
@@ -173,25 +260,63 @@ def fetch(
     if not study_uid:
         raise PermanentError("fetch called before the study was located")
     folder = ws.raw_dir(study)
-    storage.clear(folder)
-    if source.retrieve == RetrieveMethod.GET:
-        outcome = get_study(source, ws.calling_ae, study_uid, folder, association)
-    else:
-        receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
-        with routes.expect_study(ws.staging, study_uid, folder):
-            outcome = move_study(
-                source, ws.calling_ae, receiver.config.ae_title, study_uid, association
-            )
+    if expected is None:  # located by an older pacsflow: ask for the list now
+        expected = len(find_instances(source, ws.calling_ae, study_uid, association))
+    refetches = 0
+    if storage.count_instances(folder) == 0:
+        _retrieve_study(ws, source_name, study_uid, folder, association)
+    for _ in range(len(source.retry_delays)):
+        if storage.count_instances(folder) >= expected:
+            break
+        sent = _retrieve_missing(ws, source_name, study_uid, folder, association)
+        refetches += sent
+        if not sent:  # the source lists nothing more to fetch
+            break
     received = storage.count_instances(folder)
     with ws.sessions() as session:
-        repo.update_study(session, study_id, received_instances=received)
-    wanted = expected if expected is not None else outcome.completed
-    if received == 0 or received < wanted or outcome.failed:
-        raise RetriableError(
-            f"received {received} of {wanted} instances from {source_name} "
-            f"({outcome.failed} sub-operations failed)"
+        repo.update_study(
+            session, study_id, expected_instances=expected, received_instances=received
         )
-    return received
+    if received == 0:
+        raise RetriableError(
+            f"received 0 of {expected} instances from {source_name}; the study will be "
+            "fetched again"
+        )
+    fetched = Fetched(received, expected, refetches, exportable=True)
+    if fetched.complete or allow_partial:
+        if not fetched.complete:
+            LOGGER.warning(
+                "study %s: exporting %d of %d instances (the project allows partial studies)",
+                study_id,
+                received,
+                expected,
+            )
+        return fetched
+    with ws.sessions() as session:
+        repo.mark_partial(session, study_id, _shortfall(source_name, received, expected, refetches))
+    storage.clear(folder)
+    return Fetched(received, expected, refetches, exportable=False)
+
+
+def _shortfall(source_name: str, received: int, expected: int, refetches: int) -> str:
+    """Why a study is partial, with both counts and the way out; no identifiers."""
+    return (
+        f"received {received} of {expected} instances from {source_name}, after "
+        f"{refetches} IMAGE-level re-fetches of the missing ones; once the source holds "
+        "them, `pacsflow requeue --status partial`, or set allow_partial: true in the "
+        "project to export what arrives"
+    )
+
+
+def _partial_export(study: Study) -> str | None:
+    """The ledger's note on a study exported with instances missing (allow_partial)."""
+    expected, received = study.expected_instances, study.received_instances
+    if expected is None or received is None or received >= expected:
+        return None
+    return (
+        f"exported partial: received {received} of {expected} instances from "
+        f"{study.source} after re-fetching the missing ones (the project allows partial studies)"
+    )
 
 
 def _patient_key(study, first_file: Path) -> str:
@@ -237,6 +362,8 @@ def deidentify_and_export(
     is written, so an instance with a leak never reaches a file, let alone the
     destination. One leak quarantines the whole study, with the attribute paths (never
     the values) in the ledger. A study whose series are all filtered out is excluded.
+    A partial study (its project allows them, see :func:`fetch`) is exported with
+    ``error_type="partial"`` and both counts kept in the ledger.
     """
     with ws.sessions() as session:
         study = repo.get_study(session, study_id)
@@ -321,7 +448,7 @@ def deidentify_and_export(
         repo.update_study(
             session, study_id, pseudo_patient_id=patient, pseudo_study_uid=pseudo_study
         )
-        repo.mark_exported(session, study_id, receipt.instances)
+        repo.mark_exported(session, study_id, receipt.instances, _partial_export(study))
     shutil.rmtree(work, ignore_errors=True)
     storage.clear(raw)
     return StudyStatus.EXPORTED.value

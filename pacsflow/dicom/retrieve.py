@@ -1,4 +1,7 @@
-"""Study-level C-MOVE and C-GET (PS3.4 Annex C.4.2, C.4.3).
+"""Study-level and image-level C-MOVE and C-GET (PS3.4 Annex C.4.2, C.4.3).
+
+A study is retrieved whole; instances that did not arrive are retrieved again by their
+SOP Instance UIDs, one request per series (:func:`move_instances`, :func:`get_instances`).
 
 Both return a :class:`RetrieveOutcome` with the sub-operation counts. A source that
 cannot be reached or stops answering raises SourceUnavailable; a source that refuses
@@ -34,10 +37,22 @@ class RetrieveOutcome:
     warning: int
 
 
-def _identifier(study_uid: str) -> Dataset:
+def _identifier(
+    study_uid: str, series_uid: str | None = None, sop_uids: list[str] | None = None
+) -> Dataset:
+    """A STUDY-level identifier, or an IMAGE-level one for ``sop_uids`` of one series.
+
+    At the IMAGE level the unique keys of the levels above are single values and the
+    SOP Instance UIDs a list (PS3.4 C.4.2.2.1, hierarchical retrieve).
+    """
     ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
     ds.StudyInstanceUID = study_uid
+    if sop_uids is None:
+        ds.QueryRetrieveLevel = "STUDY"
+        return ds
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.SeriesInstanceUID = series_uid or ""
+    ds.SOPInstanceUID = list(sop_uids)
     return ds
 
 
@@ -75,6 +90,50 @@ def _consume(responses, source: SourceConfig, operation: str) -> RetrieveOutcome
     return outcome
 
 
+def _move(
+    source: SourceConfig,
+    calling_ae: str,
+    destination_ae: str,
+    identifier: Dataset,
+    association: SourceAssociation | None,
+) -> RetrieveOutcome:
+    if association is None:
+        with SourceAssociation(source, calling_ae, RetrieveMethod.MOVE) as own:
+            return _move(source, calling_ae, destination_ae, identifier, own)
+    try:
+        responses = association.get().send_c_move(
+            identifier, destination_ae, StudyRootQueryRetrieveInformationModelMove
+        )
+        return _consume(responses, source, "C-MOVE")
+    except BaseException:
+        association.discard()
+        raise
+
+
+def _get(
+    source: SourceConfig,
+    calling_ae: str,
+    study_uid: str,
+    identifier: Dataset,
+    folder: Path,
+    association: SourceAssociation | None,
+) -> RetrieveOutcome:
+    if association is None:
+        with SourceAssociation(source, calling_ae, RetrieveMethod.GET) as own:
+            return _get(source, calling_ae, study_uid, identifier, folder, own)
+    association.receive_into(study_uid, folder)
+    try:
+        responses = association.get().send_c_get(
+            identifier, StudyRootQueryRetrieveInformationModelGet
+        )
+        return _consume(responses, source, "C-GET")
+    except BaseException:
+        association.discard()
+        raise
+    finally:
+        association.receive_into(None, None)
+
+
 def move_study(
     source: SourceConfig,
     calling_ae: str,
@@ -86,17 +145,21 @@ def move_study(
 
     Uses ``association`` when given (a lane's, kept open), else one of its own.
     """
-    if association is None:
-        with SourceAssociation(source, calling_ae, RetrieveMethod.MOVE) as own:
-            return move_study(source, calling_ae, destination_ae, study_uid, own)
-    try:
-        responses = association.get().send_c_move(
-            _identifier(study_uid), destination_ae, StudyRootQueryRetrieveInformationModelMove
-        )
-        return _consume(responses, source, "C-MOVE")
-    except BaseException:
-        association.discard()
-        raise
+    return _move(source, calling_ae, destination_ae, _identifier(study_uid), association)
+
+
+def move_instances(
+    source: SourceConfig,
+    calling_ae: str,
+    destination_ae: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uids: list[str],
+    association: SourceAssociation | None = None,
+) -> RetrieveOutcome:
+    """Ask ``source`` to send these instances of one series to ``destination_ae``."""
+    identifier = _identifier(study_uid, series_uid, sop_uids)
+    return _move(source, calling_ae, destination_ae, identifier, association)
 
 
 def get_study(
@@ -111,17 +174,18 @@ def get_study(
     Uses ``association`` when given (a lane's, kept open), else one of its own; the
     storage contexts C-GET needs are requested when it opens (see SourceAssociation).
     """
-    if association is None:
-        with SourceAssociation(source, calling_ae, RetrieveMethod.GET) as own:
-            return get_study(source, calling_ae, study_uid, folder, own)
-    association.receive_into(study_uid, folder)
-    try:
-        responses = association.get().send_c_get(
-            _identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
-        )
-        return _consume(responses, source, "C-GET")
-    except BaseException:
-        association.discard()
-        raise
-    finally:
-        association.receive_into(None, None)
+    return _get(source, calling_ae, study_uid, _identifier(study_uid), folder, association)
+
+
+def get_instances(
+    source: SourceConfig,
+    calling_ae: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uids: list[str],
+    folder: Path,
+    association: SourceAssociation | None = None,
+) -> RetrieveOutcome:
+    """Pull these instances of one series of the study into ``folder``."""
+    identifier = _identifier(study_uid, series_uid, sop_uids)
+    return _get(source, calling_ae, study_uid, identifier, folder, association)

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pynetdicom import evt
@@ -33,6 +33,12 @@ def study_dir(staging: Path, project: str, study_uid: str) -> Path:
     return Path(staging) / "incoming" / digest
 
 
+def instance_file_name(sop_uid: str) -> str:
+    """The staged file of one instance: a hash, so names carry no UID, and the same for
+    every copy, so an instance received twice is held once."""
+    return hashlib.sha256(sop_uid.encode()).hexdigest()[:32] + ".dcm"
+
+
 def handle_store(event: evt.Event, folder_for: Callable[[str], Path | None]) -> int:
     """Write one received instance, atomically, to the folder ``folder_for(study UID)``.
 
@@ -49,7 +55,7 @@ def handle_store(event: evt.Event, folder_for: Callable[[str], Path | None]) -> 
     if folder is None:
         LOGGER.warning("refused an instance of a study no retrieval is waiting for")
         return _PROCESSING_FAILURE
-    name = hashlib.sha256(sop_uid.encode()).hexdigest()[:32] + ".dcm"
+    name = instance_file_name(sop_uid)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f".{name}.{threading.get_ident()}.part"
@@ -64,6 +70,15 @@ def handle_store(event: evt.Event, folder_for: Callable[[str], Path | None]) -> 
 
 def count_instances(folder: Path) -> int:
     return sum(1 for _ in folder.glob("*.dcm")) if folder.is_dir() else 0
+
+
+def missing_instances(folder: Path, sop_uids: Iterable[str]) -> list[str]:
+    """Those of ``sop_uids`` that ``folder`` does not hold, in the order given.
+
+    Only complete files count: one being written is a hidden ``.part`` file until renamed.
+    """
+    held = {path.name for path in folder.glob("*.dcm")} if folder.is_dir() else set()
+    return [uid for uid in sop_uids if instance_file_name(uid) not in held]
 
 
 def clear(folder: Path) -> None:

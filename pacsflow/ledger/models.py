@@ -30,7 +30,10 @@ class StudyStatus(StrEnum):
     ``ambiguous`` (a source holds several studies for the row, or one on another date,
     and the project's ambiguity policy took none: the manifest row needs a study UID);
     ``expanded`` (the policy ``all`` took every match: each became a row of its own,
-    see :func:`pacsflow.ledger.repository.expand`).
+    see :func:`pacsflow.ledger.repository.expand`); ``partial`` (fewer instances
+    arrived than the source announced, even after fetching the missing ones again, and
+    the project does not export partial studies: ``expected_instances`` and
+    ``received_instances`` say how many; nothing was exported).
     ``failed`` studies are picked up again by the next run.
     """
 
@@ -42,6 +45,7 @@ class StudyStatus(StrEnum):
     QUARANTINED = "quarantined"
     AMBIGUOUS = "ambiguous"
     EXPANDED = "expanded"
+    PARTIAL = "partial"
     FAILED = "failed"
 
 
@@ -55,6 +59,7 @@ FINAL = (
     StudyStatus.QUARANTINED,
     StudyStatus.AMBIGUOUS,
     StudyStatus.EXPANDED,
+    StudyStatus.PARTIAL,
     StudyStatus.FAILED,
 )
 

@@ -65,12 +65,17 @@ def error_class_counts(
 
 
 #: Final statuses a person must look at: the study was not exported and will not be by itself.
-NEEDS_ATTENTION = (StudyStatus.FAILED, StudyStatus.QUARANTINED, StudyStatus.AMBIGUOUS)
+NEEDS_ATTENTION = (
+    StudyStatus.FAILED,
+    StudyStatus.QUARANTINED,
+    StudyStatus.AMBIGUOUS,
+    StudyStatus.PARTIAL,
+)
 
 
 def pull_failures(session: Session, project: str, pull: str, limit: int = 200) -> list[tuple]:
     """(ledger id, status, error type) of the pull's studies that failed, were
-    quarantined or were ambiguous.
+    quarantined, ambiguous or partial.
 
     Error types hold no identifiers (see pacsflow.failures), so they may be shown in Prefect.
     """
@@ -157,15 +162,48 @@ def start_attempt(session: Session, study_id: int) -> Study:
     return study
 
 
-def mark_exported(session: Session, study_id: int, exported_instances: int) -> None:
+def mark_exported(
+    session: Session, study_id: int, exported_instances: int, shortfall: str | None = None
+) -> None:
+    """End the study ``exported``. ``shortfall``: why a partial study (allowed by its
+    project) lacks instances; it is kept as the reason, with ``error_type="partial"``, so
+    `pacsflow status` can tell such an export from a complete one."""
     update_study(
         session,
         study_id,
         status=StudyStatus.EXPORTED,
         exported_instances=exported_instances,
         exported_at=dt.datetime.now(dt.UTC),
-        last_error=None,
+        last_error=shortfall,
+        error_type="partial" if shortfall else None,
     )
+
+
+def mark_partial(session: Session, study_id: int, reason: str) -> None:
+    """End the study ``partial``: instances are still missing after the re-fetches, and
+    its project does not export partial studies. ``reason`` gives both counts (no
+    identifiers); ``expected_instances`` and ``received_instances`` hold them."""
+    update_study(
+        session,
+        study_id,
+        status=StudyStatus.PARTIAL,
+        last_error=reason,
+        error_type="partial",
+    )
+
+
+def partially_exported(session: Session, project: str) -> list[tuple[int, str]]:
+    """(ledger id, reason) of the project's studies exported with instances missing."""
+    query = (
+        select(Study)
+        .where(
+            Study.project == project,
+            Study.status == StudyStatus.EXPORTED,
+            Study.error_type == "partial",
+        )
+        .order_by(Study.id)
+    )
+    return [(study.id, _redacted(study)) for study in session.scalars(query)]
 
 
 def mark_ambiguous(session: Session, study_id: int, source: str, reason: str) -> None:
@@ -345,6 +383,7 @@ REQUEUEABLE = (
     StudyStatus.EXCLUDED,
     StudyStatus.QUARANTINED,
     StudyStatus.AMBIGUOUS,
+    StudyStatus.PARTIAL,
 )
 
 
@@ -352,8 +391,9 @@ def requeue(session: Session, project: str, status: StudyStatus) -> int:
     """Set the project's studies in ``status`` back to pending; returns how many.
 
     For a quarantined study after its profile was fixed, a not-found one that may since
-    have reached the PACS, an excluded one after the filters changed, or an ambiguous one
-    after the project's ambiguity policy changed.
+    have reached the PACS, an excluded one after the filters changed, an ambiguous one
+    after the project's ambiguity policy changed, or a partial one once the source holds
+    (or the project accepts) what was missing.
     """
     if status not in REQUEUEABLE:
         raise ValueError(

@@ -44,6 +44,9 @@ class Operation:
     started_wall: float  # time.time()
     ended_wall: float
     instances: int = 0  # sub-operations (retrievals) or matches (finds)
+    #: The request's QueryRetrieveLevel (STUDY, IMAGE...): a re-fetch of missing
+    #: instances is an IMAGE-level retrieval. "" in logs written before it was recorded.
+    level: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

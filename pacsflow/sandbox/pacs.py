@@ -9,6 +9,10 @@ It deliberately supports only the SOP classes it needs: pynetdicom deep-copies a
 validates every supported presentation context on each association, so the storage
 contexts offered for C-GET are those of the SOP classes actually held, not all 128.
 
+For completeness tests it can lose instances on the way (:meth:`SandboxPacs.drop_instances`)
+and keep quiet about how many a study holds (``announce_instance_counts=False``, as
+dcmqrscp does).
+
 For benchmarks it can act as a busy archive: ``retrieve_delay`` makes every C-MOVE and
 C-GET wait before sending, on its own association's thread so the others go on, and
 every request it serves is recorded (:attr:`SandboxPacs.activity`, optionally appended to
@@ -150,6 +154,9 @@ class SandboxPacs:
     archive that fetches studies from slow storage. Every C-FIND, C-MOVE and C-GET served
     is kept in :attr:`activity` and, with ``activity_log``, appended to that file as one
     JSON line when it ends.
+
+    ``announce_instance_counts=False`` leaves NumberOfStudyRelatedInstances out of
+    study-level C-FIND answers, like a source that does not compute it.
     """
 
     def __init__(
@@ -164,6 +171,7 @@ class SandboxPacs:
         retrieve_delay: float = 0.0,
         activity_log: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        announce_instance_counts: bool = True,
     ) -> None:
         if retrieve_delay < 0:
             raise ValueError(
@@ -187,6 +195,9 @@ class SandboxPacs:
         self.activity_log = Path(activity_log) if activity_log is not None else None
         #: Serve DICOM over TLS with this server context (None: plain TCP).
         self.ssl_context = ssl_context
+        self.announce_instance_counts = announce_instance_counts
+        #: (instances to drop per retrieval, retrievals left to drop them in)
+        self._drops = (0, 0)
         self._activity: list[Operation] = []
         self._sequence = itertools.count(1)
         self._log_fd: int | None = None
@@ -288,6 +299,32 @@ class SandboxPacs:
         """While offline every association is rejected (transient), like a PACS that is down."""
         self._offline = offline
 
+    def drop_instances(self, count: int, requests: int = 1) -> None:
+        """Lose the first ``count`` instances of each of the next ``requests`` C-MOVEs or
+        C-GETs, as a PACS that drops part of a transfer does.
+
+        The lost instances are neither sent nor counted: the retrieval ends with success
+        and fewer completed sub-operations, so only a count against the C-FIND's tells.
+        An IMAGE-level re-fetch is a retrieval too: ``requests`` large enough loses the
+        same instances every time (a source that never sends them).
+        """
+        if count < 0 or requests < 0:
+            raise ValueError(
+                f'Arguments "count" and "requests" must not be negative (got {count}, '
+                f"{requests}); use drop_instances(0) to send everything again."
+            )
+        with self._lock:
+            self._drops = (count, requests)
+
+    def _after_drops(self, entries: list[_Entry]) -> list[_Entry]:
+        """``entries`` less those :meth:`drop_instances` says to lose in this retrieval."""
+        with self._lock:
+            count, requests = self._drops
+            if requests <= 0:
+                return entries
+            self._drops = (count, requests - 1)
+        return entries[count:]
+
     # -- content -----------------------------------------------------------------------
 
     def add_files(self, paths: Iterable[Path]) -> list[Path]:
@@ -326,7 +363,7 @@ class SandboxPacs:
             return list(self._activity)
 
     @contextmanager
-    def _record(self, kind: OperationKind) -> Iterator[dict[str, int]]:
+    def _record(self, kind: OperationKind, query: Dataset) -> Iterator[dict[str, int]]:
         """Record one request from now until the block exits, however it exits.
 
         The handlers are generators that pynetdicom drives: the block exits when the
@@ -350,6 +387,7 @@ class SandboxPacs:
                 started_wall=started_wall,
                 ended_wall=time.time(),
                 instances=counts["instances"],
+                level=str(query.get("QueryRetrieveLevel", "")).strip().upper(),
             )
             with self._lock:
                 self._activity.append(op)
@@ -454,6 +492,8 @@ class SandboxPacs:
         for members in self._groups(level).values():
             header = members[0].header
             computed = _computed(level, members)
+            if not self.announce_instance_counts:
+                computed.pop("NumberOfStudyRelatedInstances", None)
             if all(
                 _element_matches(elem, _record_values(elem, header, computed))
                 for elem in query
@@ -482,7 +522,7 @@ class SandboxPacs:
         event.assoc.kill()
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        with self._record(OperationKind.FIND) as counts:
+        with self._record(OperationKind.FIND, event.identifier) as counts:
             for status, identifier in self._find(event):
                 if status == STATUS_PENDING:
                     counts["instances"] += 1
@@ -504,7 +544,7 @@ class SandboxPacs:
         yield STATUS_SUCCESS, None
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
-        with self._record(OperationKind.MOVE) as counts:
+        with self._record(OperationKind.MOVE, event.identifier) as counts:
             yield from self._move(event, counts)
 
     def _move(self, event: evt.Event, counts: dict[str, int]) -> Iterator[Any]:
@@ -519,7 +559,7 @@ class SandboxPacs:
             )
             yield None, None  # pynetdicom answers 0xA801 (PS3.4 C.4.2.1.5)
             return
-        entries = self._retrieve_entries(event.identifier) or []
+        entries = self._after_drops(self._retrieve_entries(event.identifier) or [])
         counts["instances"] = len(entries)
         # Before the association to the destination, which would otherwise sit idle.
         self._wait_retrieve_delay()
@@ -533,8 +573,8 @@ class SandboxPacs:
         yield from self._send(event, entries)
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
-        with self._record(OperationKind.GET) as counts:
-            entries = self._retrieve_entries(event.identifier) or []
+        with self._record(OperationKind.GET, event.identifier) as counts:
+            entries = self._after_drops(self._retrieve_entries(event.identifier) or [])
             counts["instances"] = len(entries)
             self._wait_retrieve_delay()
             yield len(entries)

@@ -298,3 +298,34 @@ def test_a_site_name_that_cannot_name_a_block_exits_2(tmp_path):
     )
     assert result.exit_code == 2
     assert "'Site One' is not a block name" in result.output
+
+
+def test_status_shows_partial_studies_and_partial_exports(tmp_path):
+    import json
+
+    from pacsflow.ledger import make_engine, migrate, session_factory
+    from pacsflow.ledger import repository as repo
+    from pacsflow.manifest import read_manifest
+
+    config = _write_site(tmp_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "mrn,accession_number,study_date\nMRN1,ACC1,2024-01-02\nMRN2,ACC2,2024-01-03\n"
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    migrate(engine)
+    with session_factory(engine)() as session:
+        repo.ingest_manifest(session, "p1", read_manifest(manifest, "p1"))
+        repo.mark_partial(session, 1, "received 4 of 5 instances from vna")
+        repo.mark_exported(session, 2, 4, shortfall="exported partial: received 4 of 5")
+    result = runner.invoke(app, ["status", "--project", "p1", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["counts"]["partial"] == 1 and report["counts"]["exported"] == 1
+    assert [(s["id"], s["reason"]) for s in report["partial"]] == [
+        (1, "received 4 of 5 instances from vna")
+    ]
+    assert report["exported_partial"] == [{"id": 2, "reason": "exported partial: received 4 of 5"}]
+    result = runner.invoke(app, ["status", "--project", "p1", "--config", str(config)])
+    assert "received 4 of 5 instances from vna" in result.output
+    assert "exported partial: received 4 of 5" in result.output

@@ -251,6 +251,7 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "quarantined": 0,
         "ambiguous": 0,
         "expanded": 0,
+        "partial": 0,
         "failed": 0,
     }
     repo.ingest_manifest(session, PROJECT, [row(1), row(2), row(3)])
@@ -266,6 +267,7 @@ def test_status_counts_include_zeros(session: Session) -> None:
         "quarantined": 0,
         "ambiguous": 1,
         "expanded": 0,
+        "partial": 0,
         "failed": 0,
     }
     assert repo.failures(session, PROJECT, (StudyStatus.AMBIGUOUS,)) == [

@@ -198,7 +198,7 @@ def test_study_in_primary_is_located_and_moved(ws: Workspace) -> None:
     assert study.found_study_uid == IN_PRIMARY[0].StudyInstanceUID
     assert study.expected_instances == 4
 
-    assert fetch(ws, study_id, "primary") == 4
+    assert fetch(ws, study_id, "primary").received == 4
     folder = storage.study_dir(ws.staging, PROJECT.name, IN_PRIMARY[0].StudyInstanceUID)
     received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in folder.glob("*.dcm")}
     assert received == {str(ds.SOPInstanceUID) for ds in IN_PRIMARY}
@@ -214,7 +214,7 @@ def test_study_only_in_secondary_falls_through_to_it(ws: Workspace) -> None:
 
     assert locate(ws, study_id, "secondary") == Located.FOUND
     assert ledger_row(ws, study_id).source == "secondary"
-    assert fetch(ws, study_id, "secondary") == 3  # by C-GET, no receiver involved
+    assert fetch(ws, study_id, "secondary").received == 3  # by C-GET, no receiver involved
     folder = storage.study_dir(ws.staging, PROJECT.name, IN_SECONDARY[0].StudyInstanceUID)
     assert storage.count_instances(folder) == 3
 
@@ -291,7 +291,7 @@ def test_date_match_retrieves_the_twin_on_the_manifest_date(ws: Workspace) -> No
     assert locate(ws, study_id, "primary", policy="date_match") == Located.FOUND
     wanted = DATED_TWINS[0][0].StudyInstanceUID
     assert ledger_row(ws, study_id).found_study_uid == wanted
-    assert fetch(ws, study_id, "primary") == 2
+    assert fetch(ws, study_id, "primary").received == 2
     received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in staged(ws)}
     assert received == {str(ds.SOPInstanceUID) for ds in DATED_TWINS[0]}
 
@@ -345,7 +345,7 @@ def test_all_retrieves_every_twin_each_as_its_own_row(ws: Workspace) -> None:
     for child, twin in zip(children, DATED_TWINS, strict=True):
         begin(ws, child.id)
         assert locate(ws, child.id, "primary", policy="all") == Located.FOUND
-        assert fetch(ws, child.id, "primary") == len(twin)
+        assert fetch(ws, child.id, "primary").received == len(twin)
         assert deidentify_and_export(ws, child.id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
     assert [r.status for r in rows_of(ws)] == ["expanded", "exported", "exported"]
 

@@ -495,3 +495,16 @@ def test_sandbox_command_serves_a_busy_archive_and_logs_it(tmp_path: Path) -> No
         ("PRIMARY", OperationKind.GET),
     ]
     assert ops[1].ended - ops[1].started >= 0.3
+
+
+def test_negative_drops_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r'"count" and "requests" must not be negative \(got -1'):
+        SandboxPacs("X", 0, tmp_path).drop_instances(-1)
+
+
+def test_an_activity_line_without_a_level_reads_as_unknown_level() -> None:
+    line = (
+        '{"pacs":"P","seq":1,"kind":"move","started":1.0,"ended":2.0,'
+        '"started_wall":1.0,"ended_wall":2.0,"instances":3}'
+    )
+    assert Operation.from_json(line).level == ""
