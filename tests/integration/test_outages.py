@@ -73,7 +73,15 @@ PROJECT = "outage-ct"
 OUTAGE_SECONDS = 30.0
 #: The primary's retry delays: they add up (even shrunk by the 25% jitter) to more than
 #: the outage plus Orthanc's ~4 s shutdown, so no study runs out of tries while it is down.
-PRIMARY_RETRY_DELAYS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+PRIMARY_RETRY_DELAYS = [
+    1.0,
+    2.0,
+    4.0,
+    8.0,
+    16.0,
+    32.0,
+    32.0,
+]  # ~95 s: outlasts the outage on a slow CI
 #: Fraction by which pacsflow.failures jitters a retry delay.
 JITTER = 0.25
 INSTANCES_PER_STUDY = 4

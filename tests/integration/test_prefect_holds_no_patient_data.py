@@ -339,7 +339,7 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(
     assert by_status["ambiguous"]["studies"] == 2
     assert artifacts["sandbox-demo-failure-reasons"] == [
         {"status": "ambiguous", "reason": "ambiguous", "studies": 2},
-        {"status": "failed", "reason": "de-identify and export: ValueError", "studies": 1},
+        {"status": "failed", "reason": "deid_failed", "studies": 1},
     ]
     stage_rows = {
         line.split(" | ")[0].strip("| "): line.split(" | ")[1]
