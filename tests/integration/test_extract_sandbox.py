@@ -302,7 +302,7 @@ def test_a_library_error_quoting_patient_data_stays_out_of_prefect(
         )
     stored = " ".join(log.message for log in logs)
     stored += " ".join(f"{t.name} {t.state.message}" for t in tasks if t.state)
-    assert "de-identify and export failed with ValueError" in stored
+    assert "de-identify failed with ValueError" in stored
     assert not [m for m in mrns if m in stored]
 
 
