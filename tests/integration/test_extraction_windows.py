@@ -20,6 +20,7 @@ from pacsflow.config import load_project_config, load_site_config
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import FINAL, Study
+from tests.prefect_records import run_logs
 
 pytestmark = pytest.mark.integration
 
@@ -61,24 +62,7 @@ def _set_windows(sandbox, source: str, windows: dict) -> None:
 
 def _run_logs(state) -> str:
     """Every log line of the flow run and of its subflow runs."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-        LogFilter,
-        LogFilterFlowRunId,
-    )
-
-    flow_run_id = state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
-            )
-        )
-        ids = [flow_run_id] + [run.id for run in children]
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
-    return "\n".join(log.message for log in logs)
+    return "\n".join(run_logs(state.state_details.flow_run_id))
 
 
 def test_studies_wait_for_the_primary_window_and_all_go_once_it_opens(

@@ -45,6 +45,7 @@ from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
 from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
 from tests.integration.conftest import require
+from tests.prefect_records import run_logs
 from tests.servers import (
     OrthancServer,
     PostgresServer,
@@ -293,28 +294,6 @@ _RETRY_LOG = re.compile(
 )
 
 
-def _run_logs(flow_run_id) -> list[str]:
-    """The messages of a run and its subflows, as the Prefect UI shows them."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10, at_exit=False)
-    EventsWorker.drain_all(timeout=5, at_exit=False)
-    with get_client(sync_client=True) as client:
-        runs = [r.id for r in client.read_flow_runs(limit=200)]
-        ids = [flow_run_id, *runs]
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
-        offset = 200
-        while batch := client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset
-        ):
-            logs += batch
-            offset += 200
-    return [log.message for log in logs]
-
-
 def test_primary_down_for_a_while_mid_run_is_waited_for_not_skipped(
     orthanc_factory, ledger_url, tmp_path, prefect_api
 ):
@@ -372,7 +351,7 @@ def test_primary_down_for_a_while_mid_run_is_waited_for_not_skipped(
     assert any(r.attempts > 1 for r in rows)
     retries = [
         (int(m[1]), int(m[2]), float(m[3]))
-        for m in map(_RETRY_LOG.search, _run_logs(state.state_details.flow_run_id))
+        for m in map(_RETRY_LOG.search, run_logs(state.state_details.flow_run_id))
         if m
     ]
     assert retries, "no transient failure was logged while the primary was down"
