@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -189,12 +188,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _prefect_executable() -> str:
-    beside = Path(sys.executable).parent / "prefect"
-    found = str(beside) if beside.exists() else shutil.which("prefect")
-    if not found:
-        raise RuntimeError("the `prefect` command is not installed in this environment")
-    return found
+def server_command(host: str, port: int) -> list[str]:
+    """The command of a local Prefect server: ``prefect server start``, busy answers retried.
+
+    See :mod:`deployments.server_process` for why it is not ``prefect server start`` itself.
+    """
+    return [
+        sys.executable,
+        *("-m", "deployments.server_process"),
+        *("--host", host, "--port", str(port)),
+    ]
 
 
 def ensure_server(
@@ -258,7 +261,7 @@ def _start(home: Path, port: int, wait: float, note: str | None) -> PrefectServe
     env.pop("PREFECT_API_URL", None)
     with (home / "server.log").open("ab") as log:
         process = subprocess.Popen(
-            [_prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            server_command("127.0.0.1", port),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -9,10 +9,12 @@ source does not hold moves on to the project's next source, whose lanes take it 
 there. A fetched study is handed to an **export lane** of the same process (de-identify,
 PHI gate, export: CPU work that must not hold a source's slot) through a bounded queue.
 
-A lane ends when no study is waiting for its source, or after ``lane_seconds`` so that
-the slot passes to other projects' lanes; the dispatcher (:mod:`flows.process`) starts
-another while work remains. Lanes return counts; per-study failures are logged by ledger
-id and identifier-free reason, and recorded in full in the ledger.
+A lane ends when no study is waiting for its source, or, every ``lane_seconds``, when
+another run's lane waits for the source's slot, so that projects take turns; the
+dispatcher (:mod:`flows.process`) starts another while work remains. A lane nobody waits
+for keeps its slot: handing one over costs seconds of an idle source. Lanes return
+counts; per-study failures are logged by ledger id and identifier-free reason, and
+recorded in full in the ledger.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run as runtime_flow_run
 
 from flows import clock
 from flows.cache import exported_before, remember_export
-from flows.limits import image_limit_name, image_slots
+from flows.limits import image_limit_name, image_slots, others_wait_for, source_tag
 from flows.runtime import profile, pseudonymizer, workspace
 from flows.stages import StageTimes
 from pacsflow import failures, pipeline
@@ -43,8 +46,8 @@ from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
 from pacsflow.windows import is_open
 
-#: Default seconds a retrieval lane works before it gives its slot back (if work remains,
-#: a new lane queues for it, so other projects' lanes get a turn).
+#: Default seconds between a retrieval lane's looks for another run waiting for its slot
+#: (it then gives the slot back; if work remains, a new lane of its run queues for one).
 LANE_SECONDS = 30.0
 
 
@@ -132,10 +135,9 @@ def retrieval_lane(
     """
     ws = workspace(site)
     counts: Counter[str] = Counter()
-    deadline = time.monotonic() + lane_seconds
     source = ws.site.sources[source_name]
     with ws.leases.held(), SourceAssociation(source, ws.calling_ae) as association:
-        _retrieve(ws, project, source_name, pull, handoff, deadline, association, counts)
+        _retrieve(ws, project, source_name, pull, handoff, lane_seconds, association, counts)
     return dict(counts)
 
 
@@ -145,20 +147,26 @@ def _retrieve(
     source_name: str,
     pull: str,
     handoff: str,
-    deadline: float,
+    lane_seconds: float,
     association: SourceAssociation,
     counts: Counter[str],
 ) -> None:
     """The lane's loop: claim, find, fetch, hand on; one study at a time until done.
 
-    It stops claiming when the source's extraction window closes; the study in hand is
-    finished first.
+    Every ``lane_seconds`` it gives its slot back if another run waits for one (so
+    projects take turns), and otherwise goes on. It stops claiming when the source's
+    extraction window closes; the study in hand is finished first.
     """
     logger = get_run_logger()
+    deadline = time.monotonic() + lane_seconds
     source_index = project.sources.index(source_name)
     delays = ws.site.sources[source_name].retry_delays
     windows = ws.site.sources[source_name].windows
-    while time.monotonic() < deadline:
+    while True:
+        if time.monotonic() >= deadline:
+            if others_wait_for(source_tag(source_name), runtime_flow_run.get_id()):
+                break  # the dispatcher of that run starts a lane with the slot
+            deadline = time.monotonic() + lane_seconds
         if not is_open(windows, clock.now()):
             logger.info("the extraction window of %s has closed: no more claims", source_name)
             break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect.client.orchestration import get_client
 
 from pacsflow.config import SiteConfig
@@ -46,3 +48,45 @@ def ensure_source_limits(site: SiteConfig, names: list[str]) -> dict[str, int]:
                 )
                 limits[image_limit_name(name)] = source.max_images
     return limits
+
+
+def others_wait_for(tag: str, flow_run_id: UUID | None) -> bool:
+    """Whether a task run of another live flow run than ``flow_run_id`` waits for ``tag``.
+
+    A task waiting for its tag's slot stays ``Pending`` until it gets one. Lanes ask this
+    before giving their slot back: handing a slot over costs seconds (the next lane must
+    be created and win the slot, and a SQLite-backed server answers some of those
+    requests 503, after which the client waits 2 s), so a lane that nobody waits for
+    keeps its slot. Pending runs of crashed or cancelled flow runs are not waiting, nor
+    are the lanes of the asking run itself (its dispatcher starts a lane only when one of
+    its own ended, and they would pass the slot round among themselves). When the server
+    cannot say, the answer is yes: the slot is handed over.
+    """
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+        TaskRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    try:
+        with get_client(sync_client=True) as client:
+            waiting = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(not_any_=[flow_run_id]) if flow_run_id else None,
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+                ),
+                task_run_filter=TaskRunFilter(
+                    tags=TaskRunFilterTags(all_=[tag]),
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.PENDING])),
+                ),
+                limit=1,
+            )
+    except Exception:
+        return True
+    return bool(waiting)

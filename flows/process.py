@@ -22,8 +22,8 @@ from prefect.futures import PrefectFuture, wait
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import clock
-from flows.lanes import LANE_SECONDS, close_handoff, export_lane, open_handoff, retrieval_lane
+from flows import clock, lanes
+from flows.lanes import close_handoff, export_lane, open_handoff, retrieval_lane
 from flows.limits import source_tag
 from flows.progress import Progress, WindowWait
 from flows.runtime import workspace
@@ -105,7 +105,7 @@ def process_studies(
     total: int = 0,
     chunk: int = 0,
     export_lanes: int = EXPORT_LANES,
-    lane_seconds: float = LANE_SECONDS,
+    lane_seconds: float | None = None,
 ) -> dict[str, int]:
     """Work on ``project``'s waiting studies until none is left for this pull.
 
@@ -114,9 +114,12 @@ def process_studies(
     Studies waiting for a source whose extraction window is closed get no lane (and hold
     no slot); the run sleeps until the window opens, unless that is more than the
     project's ``max_wait_hours`` away: then it ends and leaves them pending for the next
-    pull. Returns what the lanes did, by outcome.
+    pull. Every ``lane_seconds`` (default :data:`flows.lanes.LANE_SECONDS`) a lane gives
+    its source's slot back if another run waits for one. Returns what the lanes did, by
+    outcome.
     """
     logger = get_run_logger()
+    lane_seconds = lane_seconds or lanes.LANE_SECONDS
     ws = workspace(site, ttl=0)  # as the blocks are now; tasks reuse it
     started_at = time.monotonic()
     handoff = open_handoff(maxsize=2 * export_lanes)

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import requests
 
 from deployments.server import pid_alive as _pid_alive
+from deployments.server import server_command
 
 ORTHANC_BIN_ENV = "PACSFLOW_ORTHANC_BIN"
 """Environment variable that can point at a specific ``Orthanc`` executable."""
@@ -1011,7 +1012,9 @@ def start_prefect_server(
     attempts: int = 3,
     extra_env: Mapping[str, str] | None = None,
 ) -> PrefectServerProcess:
-    """Run ``prefect server start`` on a free 127.0.0.1 port; return once ``/health`` is OK.
+    """Run a Prefect server on a free 127.0.0.1 port; return once ``/health`` is OK.
+
+    It is the server pacsflow runs locally (:func:`deployments.server.server_command`).
 
     ``database_url`` is an async SQLAlchemy URL (``postgresql+asyncpg://...``); without it
     the server uses SQLite in ``home``. The server migrates its database on start-up.
@@ -1020,9 +1023,6 @@ def start_prefect_server(
     """
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    binary = prefect_binary()
-    if not os.access(binary, os.X_OK):
-        raise PrefectStartError(f"{binary} is not an executable")
     env = prefect_server_env(home, database_url)
     env.update(extra_env or {})
     log_path = home / "prefect-server.log"
@@ -1032,7 +1032,7 @@ def start_prefect_server(
         offset = _log_size(log_path)
         started = time.monotonic()
         process = _spawn(
-            [str(binary), "server", "start", "--host", LOOPBACK, "--port", str(port)],
+            server_command(LOOPBACK, port),
             cwd=home,
             env=env,
             log_path=log_path,

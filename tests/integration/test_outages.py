@@ -40,6 +40,7 @@ import pydicom
 import pytest
 import yaml
 
+from deployments.server import server_command
 from pacsflow.config import SiteConfig
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
@@ -61,7 +62,6 @@ from tests.servers import (
     orthanc_binary,
     postgres_available,
     postgres_bindir,
-    prefect_binary,
     prefect_server_env,
     start_postgres,
     start_prefect_server,
@@ -412,7 +412,7 @@ def restart_prefect_server(old: PrefectServerProcess, database_url: str) -> Pref
     database, as an operator restarting it would."""
     old.stop()
     process = _spawn(
-        [str(prefect_binary()), "server", "start", "--host", "127.0.0.1", "--port", str(old.port)],
+        server_command("127.0.0.1", old.port),
         cwd=old.home,
         env=prefect_server_env(old.home, database_url),
         log_path=old.log_path,
