@@ -330,19 +330,3 @@ def _legacy_state(home: Path) -> ServerState | None:
         pid = int((home / "server.pid").read_text())
         return ServerState(pid=pid, port=DEFAULT_PORT, home=str(home), token="")
     return None
-
-
-def _legacy_state(home: Path) -> ServerState | None:
-    """A server started before ``server.json`` existed left only ``server.pid``."""
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((home / "server.pid").read_text())
-        return ServerState(pid=pid, port=DEFAULT_PORT, home=str(home), token="")
-    return None
-
-
-def _is_prefect(pid: int) -> bool:
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(part.endswith(b"prefect") for part in command) and b"server" in command

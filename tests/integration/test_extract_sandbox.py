@@ -23,6 +23,7 @@ from pacsflow.config import load_project_config, load_site_config
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study
+from tests.prefect_records import flush_to_server, run_tree
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -293,9 +294,9 @@ def test_a_library_error_quoting_patient_data_stays_out_of_prefect(
     mrns = [r.mrn for r in rows]
 
     flow_run_id = state.state_details.flow_run_id
+    flush_to_server()
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(limit=200)
-        ours = [r.id for r in runs if r.id == flow_run_id or r.parent_task_run_id]
+        ours = run_tree(client, flow_run_id)
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ours)), limit=200)
         tasks = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ours)), limit=200

@@ -170,7 +170,7 @@ def pool(scenario, prefect_api):
 
     save_site(scenario["site"])
     name = f"pacsflow-test-{secrets.token_hex(3)}"
-    deploy_to_pool(name)
+    deployments = deploy_to_pool(name)
     workers = []
     try:
         for i in range(2):
@@ -180,6 +180,17 @@ def pool(scenario, prefect_api):
     finally:
         for worker in workers:
             worker.stop()
+        _delete_deployments(deployments)
+
+
+def _delete_deployments(names: list[str]) -> None:
+    """Remove the pool's deployments: later tests serve deployments of the same names,
+    and a served deployment must not inherit this one's pool settings."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            client.delete_deployment(client.read_deployment_by_name(name).id)
 
 
 def _wait_final(client, run_ids, timeout: float = 420):
@@ -267,7 +278,7 @@ def test_a_run_whose_workers_die_becomes_crashed_and_a_new_run_finishes_the_pull
     assert ensure_crash_automation() == "unchanged"  # configure runs it every time
     save_site(scenario["site"])
     pool = f"pacsflow-crash-{secrets.token_hex(3)}"
-    deploy_to_pool(pool)
+    deployments = deploy_to_pool(pool)
     scenario["primary"].delay = 2.0  # slow enough to be killed mid-pull
     project, manifest = scenario["files"]["alpha"]
     parameters = {"project": str(project), "manifest": str(manifest)}
@@ -307,6 +318,7 @@ def test_a_run_whose_workers_die_becomes_crashed_and_a_new_run_finishes_the_pull
         again = run_deployment("extract-project/extract-project", parameters=parameters)
     finally:
         rescuer.stop()
+        _delete_deployments(deployments)
     assert again.state.is_completed(), again.state
     with sessions() as session:
         rows = session.query(Study).filter(Study.project == "alpha").all()
