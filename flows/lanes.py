@@ -46,9 +46,15 @@ from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
 from pacsflow.windows import is_open
 
+LOGGER = logging.getLogger(__name__)
+
 #: Default seconds between a retrieval lane's looks for another run waiting for its slot
 #: (it then gives the slot back; if work remains, a new lane of its run queues for one).
 LANE_SECONDS = 30.0
+
+
+class HandoffAbandoned(RuntimeError):
+    """The run's export lanes are gone: a fetched study cannot be handed on."""
 
 
 class Handoff:
@@ -72,7 +78,7 @@ class Handoff:
                 return
             except queue.Full:
                 continue
-        raise RuntimeError("the export lanes have stopped; the study stays claimed until its lease")
+        raise HandoffAbandoned("the run is ending on an error; its export lanes have stopped")
 
     def get(self) -> int | None:
         return self._queue.get()
@@ -83,7 +89,12 @@ class Handoff:
             self._queue.put(None)
 
     def abandon(self) -> None:
+        """The run is ending on an error: lanes still retrieving stop, and none waits."""
         self._closed.set()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._closed.is_set()
 
 
 _handoffs: dict[str, Handoff] = {}
@@ -162,7 +173,7 @@ def _retrieve(
     source_index = project.sources.index(source_name)
     delays = ws.site.sources[source_name].retry_delays
     windows = ws.site.sources[source_name].windows
-    while True:
+    while not _handoffs[handoff].abandoned:
         if time.monotonic() >= deadline:
             if others_wait_for(source_tag(source_name), runtime_flow_run.get_id()):
                 break  # the dispatcher of that run starts a lane with the slot
@@ -216,6 +227,9 @@ def _retrieve(
                 continue
             _handoffs[handoff].put(study.id)
             counts["staged"] += 1
+        except HandoffAbandoned:
+            _give_back(ws, study.id)
+            break
         except Exception as exc:
             failure = failures.describe(step, exc)
             with ws.sessions() as session:
@@ -229,6 +243,19 @@ def _retrieve(
                 failure.public,
                 "" if delay is None else f" (try {study.tries}; tried again in {delay:.1f} s)",
             )
+
+
+def _give_back(ws: pipeline.Workspace, study_id: int) -> None:
+    """Make a study the run cannot finish claimable again at once, for the next pull.
+
+    Not a failure of the study: its tries and status stay. If the ledger cannot be
+    reached either, the claim runs out with its lease.
+    """
+    try:
+        with ws.sessions() as session:
+            claims.defer(session, study_id, ws.owner, delay=0)
+    except Exception:
+        LOGGER.warning("could not give back study %s; its claim runs out", study_id)
 
 
 @task(task_run_name="export-lane-{lane}", cache_policy=NO_CACHE)

@@ -197,6 +197,13 @@ def process_studies(
                 time.sleep(pause)
                 continue
             time.sleep(POLL_SECONDS)
+    except BaseException:
+        # A retrieval lane still running would wait forever to hand a study to export
+        # lanes that are about to stop, and this run with it (seen when the ledger's
+        # PostgreSQL restarted under the dispatcher). Its study stays claimed until its
+        # lease runs out, and the next pull takes it.
+        handoff.abandon()
+        raise
     finally:
         handoff.close(export_lanes)
         wait(exporters)
