@@ -22,6 +22,7 @@ from pacsflow.config import SiteConfig
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
 from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from tests.prefect_records import flush_to_server, run_tree
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -162,10 +163,10 @@ def _task_runs(client, flow_run_ids):
 
 def _subflow_ids(client, parent_id):
     """``parent_id`` and the flow runs started inside it (the process-studies subflow)."""
-    in_parent = {t.id for t in _task_runs(client, [parent_id])}
-    children = [r.id for r in client.read_flow_runs(limit=200) if r.parent_task_run_id in in_parent]
-    assert children, "the extraction ran no subflow"
-    return [parent_id, *children]
+    flush_to_server()  # the logs the caller reads next
+    tree = run_tree(client, parent_id)
+    assert len(tree) > 1, "the extraction ran no subflow"
+    return tree
 
 
 def test_extract_project_from_two_orthancs(scenario, prefect_api):
