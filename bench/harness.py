@@ -41,6 +41,7 @@ from pacsflow.config import ProjectConfig, SiteConfig
 from pacsflow.sandbox.activity import (
     RETRIEVALS,
     Operation,
+    OperationKind,
     busy_window,
     fraction_at_least,
     max_in_flight,
@@ -439,6 +440,7 @@ class SourceRecord:
     operations: int
     retrievals: int
     max_retrievals: int
+    max_queries: int  # C-FINDs in flight at once
     max_operations: int
     at_limit: float  # fraction of the busy window with >= k retrievals in flight
     busy_seconds: float  # first request to last retrieval's end
@@ -453,6 +455,7 @@ class SourceRecord:
             operations=len(ops),
             retrievals=len(retrievals),
             max_retrievals=max_retrievals_in_flight(ops),
+            max_queries=max_in_flight(ops, {OperationKind.FIND}),
             max_operations=max_in_flight(ops),
             at_limit=fraction_at_least(ops, k, busy_window(ops)),
             busy_seconds=busy,

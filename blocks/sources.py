@@ -23,8 +23,14 @@ class DicomSource(Block):
     port: int = Field(description="DICOM port of the source.")
     max_concurrent: int = Field(
         default=2,
-        description="Most queries and retrievals running against this source at once, "
-        "across every project, flow run and worker (a Prefect tag concurrency limit).",
+        description="Most retrievals running against this source at once, across every "
+        "project, flow run and worker (a Prefect tag concurrency limit).",
+    )
+    find_ahead: bool = Field(
+        default=True,
+        description="C-FIND a lane's next study on a second association while it retrieves "
+        "one (at most max_concurrent queries beside the retrievals); off: queries and "
+        "retrievals together at most max_concurrent.",
     )
     retrieve: Literal["move", "get"] = Field(
         default="move", description="C-MOVE into pacsflow's receiver, or C-GET."

@@ -19,13 +19,16 @@ recorded in full in the ledger.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from functools import partial
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -44,7 +47,7 @@ from pacsflow.dicom.association import SourceAssociation
 from pacsflow.ledger import claims
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
-from pacsflow.windows import is_open
+from pacsflow.windows import ExtractionWindows, is_open
 
 LOGGER = logging.getLogger(__name__)
 
@@ -147,102 +150,214 @@ def retrieval_lane(
     ws = workspace(site)
     counts: Counter[str] = Counter()
     source = ws.site.sources[source_name]
-    with ws.leases.held(), SourceAssociation(source, ws.calling_ae) as association:
-        _retrieve(ws, project, source_name, pull, handoff, lane_seconds, association, counts)
+    with (
+        ws.leases.held(),
+        SourceAssociation(source, ws.calling_ae) as association,
+        SourceAssociation(source, ws.calling_ae, find_only=True) as finder,
+    ):
+        lane_ = _Lane(ws, project, source_name, pull, _handoffs[handoff], get_run_logger())
+        lane_.run(association, finder if source.find_ahead else None, lane_seconds)
+        counts.update(lane_.counts)
     return dict(counts)
 
 
-def _retrieve(
-    ws: pipeline.Workspace,
-    project: ProjectConfig,
-    source_name: str,
-    pull: str,
-    handoff: str,
-    lane_seconds: float,
-    association: SourceAssociation,
-    counts: Counter[str],
-) -> None:
-    """The lane's loop: claim, find, fetch, hand on; one study at a time until done.
+class _Lane:
+    """One retrieval lane's work: claim, find, fetch, hand on; study after study.
 
-    Every ``lane_seconds`` it gives its slot back if another run waits for one (so
-    projects take turns), and otherwise goes on. It stops claiming when the source's
-    extraction window closes; the study in hand is finished first.
+    With a ``finder`` association (the source's ``find_ahead``), the next study is
+    claimed and C-FINDed on it in a second thread while the current one is fetched, so
+    the source goes from one retrieval straight to the next: the ~50 ms of claim, query
+    and ledger writes between two retrievals otherwise leave a slot idle 5% of the time
+    on a 1 s retrieval. Without one, every request goes over the lane's association in
+    turn. Each thread keeps its own counts; :attr:`counts` adds them up.
     """
-    logger = get_run_logger()
-    deadline = time.monotonic() + lane_seconds
-    source_index = project.sources.index(source_name)
-    delays = ws.site.sources[source_name].retry_delays
-    windows = ws.site.sources[source_name].windows
-    while not _handoffs[handoff].abandoned:
-        if time.monotonic() >= deadline:
-            if others_wait_for(source_tag(source_name), runtime_flow_run.get_id()):
-                break  # the dispatcher of that run starts a lane with the slot
-            deadline = time.monotonic() + lane_seconds
-        if not is_open(windows, clock.now()):
-            logger.info("the extraction window of %s has closed: no more claims", source_name)
-            break
-        with ws.sessions() as session:
-            study = claims.claim_next(session, project.name, source_index, ws.owner, pull)
-        if study is None:
-            break
-        record = exported_before(project.name, study.ref)
-        if record is not None:  # exported already; the ledger missed it
+
+    def __init__(
+        self,
+        ws: pipeline.Workspace,
+        project: ProjectConfig,
+        source_name: str,
+        pull: str,
+        handoff: Handoff,
+        logger: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self.ws, self.project, self.source_name, self.pull = ws, project, source_name, pull
+        self.handoff, self.logger = handoff, logger
+        self.source_index = project.sources.index(source_name)
+        self.delays = ws.site.sources[source_name].retry_delays
+        self.windows = ws.site.sources[source_name].windows
+        self.fetch_counts: Counter[str] = Counter()
+        self.find_counts: Counter[str] = Counter()
+
+    @property
+    def counts(self) -> Counter[str]:
+        return self.fetch_counts + self.find_counts
+
+    def run(
+        self,
+        association: SourceAssociation,
+        finder: SourceAssociation | None,
+        lane_seconds: float,
+    ) -> None:
+        """Work until no study waits for the source, its window closes, or another run
+        waits for the slot (looked at every ``lane_seconds``); the study in hand, and one
+        found ahead, are fetched first.
+        """
+        turns = _Turns(self.source_name, self.windows, lane_seconds, self.handoff, self.logger)
+        locate = partial(self.next_located, finder or association)
+        # No thread exists until a first submit, so a lane without a finder costs none.
+        with ThreadPoolExecutor(1, thread_name_prefix="find-ahead") as pool:
+            ahead = pool if finder is not None else None
+            study = locate() if turns.go_on() else None
+            while study is not None:
+                upcoming = None
+                if ahead is not None and turns.go_on():
+                    upcoming = ahead.submit(contextvars.copy_context().run, locate)
+                if not self.fetch(study, association):
+                    _give_back(self.ws, study.id)
+                    if upcoming is not None and (ahead_study := upcoming.result()) is not None:
+                        _give_back(self.ws, ahead_study.id)
+                    return
+                if upcoming is not None:
+                    study = upcoming.result()
+                elif ahead is None and turns.go_on():
+                    study = locate()
+                else:
+                    study = None
+
+    def next_located(self, association: SourceAssociation) -> Study | None:
+        """Claim the project's next study waiting for this source and C-FIND it there.
+
+        Returns the study once the source holds it (to fetch), None when no study is
+        waiting. A study that ends here (exported before, ambiguous, expanded, passed on
+        or not found, a failed query) is recorded in the ledger and counted, and the next
+        one is claimed.
+        """
+        ws, project, counts = self.ws, self.project, self.find_counts
+        while True:
             with ws.sessions() as session:
-                repo.update_study(session, study.id, **record)
-                repo.mark_exported(session, study.id, record["exported_instances"])
-            counts["exported_before"] += 1
-            continue
-        step = failures.Step.FIND
-        try:
-            with _handoffs[handoff].times.measure("find"):
-                located = pipeline.locate(
-                    ws, study.id, source_name, association, project.ambiguity, project.sources
+                study = claims.claim_next(
+                    session, project.name, self.source_index, ws.owner, self.pull
                 )
+            if study is None:
+                return None
+            record = exported_before(project.name, study.ref)
+            if record is not None:  # exported already; the ledger missed it
+                with ws.sessions() as session:
+                    repo.update_study(session, study.id, **record)
+                    repo.mark_exported(session, study.id, record["exported_instances"])
+                counts["exported_before"] += 1
+                continue
+            try:
+                with self.handoff.times.measure("find"):
+                    located = pipeline.locate(
+                        ws,
+                        study.id,
+                        self.source_name,
+                        association,
+                        project.ambiguity,
+                        project.sources,
+                    )
+            except Exception as exc:
+                self.record_failure(study, failures.Step.FIND, exc, counts)
+                continue
+            if located == pipeline.Located.FOUND:
+                return study
             if located == pipeline.Located.AMBIGUOUS:  # ended; never passed to the next source
                 counts["ambiguous"] += 1
-                logger.warning(
-                    "study %s at %s is ambiguous; `pacsflow status` says why", study.id, source_name
+                self.logger.warning(
+                    "study %s at %s is ambiguous; `pacsflow status` says why",
+                    study.id,
+                    self.source_name,
                 )
-                continue
-            if located == pipeline.Located.EXPANDED:  # its studies wait for this source
+            elif located == pipeline.Located.EXPANDED:  # its studies wait for this source
                 counts["expanded"] += 1
-                continue
-            if located == pipeline.Located.NOT_FOUND:
+            else:  # not here: the next source's lanes take it, or it ends not found
                 with ws.sessions() as session:
                     status = claims.pass_on(session, study.id, ws.owner, len(project.sources))
                 counts["not_found" if status == "not_found" else "passed_on"] += 1
-                continue
-            step = failures.Step.FETCH
-            with _handoffs[handoff].times.measure("fetch"):
-                fetched = _fetch(ws, study, source_name, association, project.allow_partial)
+
+    def fetch(self, study: Study, association: SourceAssociation) -> bool:
+        """Fetch a located study and hand it to the export lanes; False when they are gone
+        (the run is ending on an error) and the study could not be handed on.
+        """
+        counts = self.fetch_counts
+        try:
+            with self.handoff.times.measure("fetch"):
+                fetched = _fetch(
+                    self.ws, study, self.source_name, association, self.project.allow_partial
+                )
             if not fetched.exportable:  # ended partial: instances missing, not exported
                 counts["partial"] += 1
-                logger.warning(
+                self.logger.warning(
                     "study %s at %s is partial (%d of %d instances); `pacsflow status` says why",
                     study.id,
-                    source_name,
+                    self.source_name,
                     fetched.received,
                     fetched.expected,
                 )
-                continue
-            _handoffs[handoff].put(study.id)
+                return True
+            self.handoff.put(study.id)
             counts["staged"] += 1
         except HandoffAbandoned:
-            _give_back(ws, study.id)
-            break
+            return False
         except Exception as exc:
-            failure = failures.describe(step, exc)
-            with ws.sessions() as session:
-                delay = failures.record(session, study.id, ws.owner, failure, study.tries, delays)
-            counts["failed" if delay is None else "deferred"] += 1
-            logger.warning(
-                "study %s at %s: %s: %s%s",
-                study.id,
-                source_name,
-                failure.error_type,
-                failure.public,
-                "" if delay is None else f" (try {study.tries}; tried again in {delay:.1f} s)",
+            self.record_failure(study, failures.Step.FETCH, exc, counts)
+        return True
+
+    def record_failure(
+        self, study: Study, step: failures.Step, exc: Exception, counts: Counter[str]
+    ) -> None:
+        """Record a study's failure in the ledger: deferred for a retry, or failed."""
+        failure = failures.describe(step, exc)
+        with self.ws.sessions() as session:
+            delay = failures.record(
+                session, study.id, self.ws.owner, failure, study.tries, self.delays
             )
+        counts["failed" if delay is None else "deferred"] += 1
+        self.logger.warning(
+            "study %s at %s: %s: %s%s",
+            study.id,
+            self.source_name,
+            failure.error_type,
+            failure.public,
+            "" if delay is None else f" (try {study.tries}; tried again in {delay:.1f} s)",
+        )
+
+
+class _Turns:
+    """Whether a lane goes on to another study: asked once before each.
+
+    Every ``lane_seconds`` it looks whether another run waits for the source's slot (then
+    the lane ends and gives it back, so projects take turns); it also ends the lane when
+    the source's extraction window closes or the run is ending on an error.
+    """
+
+    def __init__(
+        self,
+        source_name: str,
+        windows: ExtractionWindows | None,
+        lane_seconds: float,
+        handoff: Handoff,
+        logger: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self.source_name, self.windows, self.lane_seconds = source_name, windows, lane_seconds
+        self.handoff, self.logger = handoff, logger
+        self.deadline = time.monotonic() + lane_seconds
+
+    def go_on(self) -> bool:
+        if self.handoff.abandoned:
+            return False
+        if time.monotonic() >= self.deadline:
+            if others_wait_for(source_tag(self.source_name), runtime_flow_run.get_id()):
+                return False  # the dispatcher of that run starts a lane with the slot
+            self.deadline = time.monotonic() + self.lane_seconds
+        if not is_open(self.windows, clock.now()):
+            self.logger.info(
+                "the extraction window of %s has closed: no more claims", self.source_name
+            )
+            return False
+        return True
 
 
 def _give_back(ws: pipeline.Workspace, study_id: int) -> None:

@@ -77,7 +77,18 @@ class SourceConfig(_Frozen):
     host: str = Field(description="Host name or address of the source.")
     port: int = Field(ge=1, le=65535, description="DICOM port of the source.")
     max_concurrent: int = Field(
-        default=2, ge=1, description="Most retrievals and queries running against it at once."
+        default=2,
+        ge=1,
+        description="Most retrievals running against it at once, across every project, "
+        "flow run and worker; each also runs at most one query beside its retrieval "
+        "(find_ahead).",
+    )
+    find_ahead: bool = Field(
+        default=True,
+        description="While a lane retrieves one study, C-FIND its next one on a second "
+        "association, so retrievals follow each other without a gap; at most "
+        "max_concurrent queries beside max_concurrent retrievals. False: one association "
+        "per lane, queries and retrievals together at most max_concurrent.",
     )
     retrieve: RetrieveMethod = Field(
         default=RetrieveMethod.MOVE, description="C-MOVE into our receiver, or C-GET."

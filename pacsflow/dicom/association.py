@@ -34,14 +34,22 @@ class SourceAssociation:
 
     For C-GET, instances arrive on this association: :meth:`receive_into` names the
     folder for the study being fetched; instances of any other study are refused.
+    ``find_only`` negotiates C-FIND alone (a lane's query association, see
+    :mod:`flows.lanes`): no storage contexts to offer for a C-GET source.
     """
 
     def __init__(
-        self, source: SourceConfig, calling_ae: str, retrieve: RetrieveMethod | None = None
+        self,
+        source: SourceConfig,
+        calling_ae: str,
+        retrieve: RetrieveMethod | None = None,
+        *,
+        find_only: bool = False,
     ) -> None:
         self.source = source
         self.calling_ae = calling_ae
         self.retrieve = retrieve or source.retrieve
+        self.find_only = find_only
         self._assoc: Association | None = None
         self._study_uid: str | None = None
         self._folder: Path | None = None
@@ -58,7 +66,9 @@ class SourceAssociation:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         handlers = list(NODELAY_HANDLERS)
         roles = []
-        if self.retrieve == RetrieveMethod.GET:
+        if self.find_only:
+            pass  # C-FIND, requested above, is all it needs
+        elif self.retrieve == RetrieveMethod.GET:
             # C-GET needs each storage SOP class requested with the SCP role, within the
             # limit of 128 presentation contexts (PS3.8 9.3.2.2): FIND, GET and 120 storage.
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)

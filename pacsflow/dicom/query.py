@@ -168,7 +168,7 @@ def find_studies(
     Raises SourceUnavailable when the answer cannot be trusted as "not found".
     """
     if association is None:
-        with SourceAssociation(source, calling_ae) as own:
+        with SourceAssociation(source, calling_ae, find_only=True) as own:
             return find_studies(source, calling_ae, query, own)
     responses = _c_find(source, association, query.identifier())
     return [match for match in map(_match_from, responses) if match is not None]
@@ -186,7 +186,7 @@ def find_instances(
     Uses ``association`` when given (a lane's, kept open), else one of its own.
     """
     if association is None:
-        with SourceAssociation(source, calling_ae) as own:
+        with SourceAssociation(source, calling_ae, find_only=True) as own:
             return find_instances(source, calling_ae, study_uid, own)
     series = _c_find(source, association, _series_identifier(study_uid))
     listed: dict[str, InstanceRef] = {}

@@ -33,36 +33,36 @@ PROJECTS = ("alpha", "beta", "gamma")
 
 
 class CountingPacs(SandboxPacs):
-    """A sandbox PACS that is slow to retrieve (a busy archive) and counts operations in
-    flight, as the source itself sees them."""
+    """A sandbox PACS that is slow to retrieve (a busy archive) and counts retrievals and
+    queries in flight, as the source itself sees them."""
 
     def __init__(self, *args, delay: float = 0.2, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.delay = delay
-        self.in_flight = 0
-        self.most_in_flight = 0
+        self.in_flight = Counter()  # "retrieve" (C-MOVE, C-GET) and "find"
+        self.most_in_flight = Counter()
         self.operations = Counter()
         self._count = threading.Lock()
 
-    def _counted(self, kind, handler_result):
+    def _counted(self, kind, group, handler_result):
         with self._count:
-            self.in_flight += 1
+            self.in_flight[group] += 1
             self.operations[kind] += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self.most_in_flight[group] = max(self.most_in_flight[group], self.in_flight[group])
         try:
             yield from handler_result
         finally:
             with self._count:
-                self.in_flight -= 1
+                self.in_flight[group] -= 1
 
     def _on_find(self, event):
-        return self._counted("find", super()._on_find(event))
+        return self._counted("find", "find", super()._on_find(event))
 
     def _on_move(self, event):
-        return self._counted("move", super()._on_move(event))
+        return self._counted("move", "retrieve", super()._on_move(event))
 
     def _on_get(self, event):
-        return self._counted("get", super()._on_get(event))
+        return self._counted("get", "retrieve", super()._on_get(event))
 
     def _send(self, event, entries):
         time.sleep(self.delay)
@@ -227,10 +227,12 @@ def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(sc
         chunks = [r for r in client.read_flow_runs(limit=200) if r.name in ours]
     assert len(chunks) == 2 * len(PROJECTS) and all(r.state.is_completed() for r in chunks)
 
-    # The sources never saw more than their limits, and the limits were used.
-    primary, secondary = scenario["primary"], scenario["secondary"]
-    assert primary.most_in_flight == LIMITS["primary"], primary.operations
-    assert secondary.most_in_flight == LIMITS["secondary"], secondary.operations
+    # The sources never saw more retrievals than their limits, and the limits were used;
+    # each lane queries at most one study ahead beside its retrieval.
+    for name in ("primary", "secondary"):
+        pacs = scenario[name]
+        assert pacs.most_in_flight["retrieve"] == LIMITS[name], (name, pacs.operations)
+        assert 1 <= pacs.most_in_flight["find"] <= LIMITS[name], (name, pacs.operations)
 
     # Every study exactly once: in the ledger and at the destination.
     root = Path(site.destinations["out"].path)

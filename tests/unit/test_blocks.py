@@ -54,6 +54,7 @@ def test_source_block_round_trips_every_setting():
         tls={"ca_file": "/etc/pacsflow/ca.pem", "check_hostname": False},
         store_ae_titles=["VNA-OUT"],
         store_hosts=["10.1.2.4"],
+        find_ahead=False,
     )
     # Every setting differs from its default, so a field the block drops would show.
     defaults = SourceConfig(ae_title="X", host="h", port=1)
