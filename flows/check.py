@@ -5,7 +5,8 @@ project's sources in order (:mod:`pacsflow.check`): the primary about every stud
 to do, the next source about those the primary does not hold, and so on. The C-FINDs run
 in **check lanes**, task runs tagged ``source:<name>`` like the retrieval lanes, so they
 share each source's tag concurrency limit with every extraction; a lane keeps one
-association open for its studies and gives its slot back after ``lane_seconds``. A source
+association open for its studies and, every ``lane_seconds``, gives its slot back if a
+lane of another run waits for the source (as retrieval lanes do). A source
 outside its extraction window is not queried: its studies are reported "not checked:
 outside its window". The run ends with a table artifact of counts per class and one of
 the studies that need a look, by ledger id; what was found is in the ledger.
@@ -22,13 +23,14 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows import clock
 from flows.boundary import confined
 from flows.lanes import LANE_SECONDS
-from flows.limits import ensure_source_limits, source_tag
+from flows.limits import ensure_source_limits, others_wait_for, source_tag
 from flows.naming import run_name
 from flows.runtime import resolve_project, workspace
 from pacsflow.check import FOUND, LABELS, CheckResult, check_at_source
@@ -94,7 +96,9 @@ def check_lane(
     with SourceAssociation(ws.site.sources[source_name], ws.calling_ae) as association:
         for study_id in study_ids:
             if time.monotonic() >= deadline:
-                break
+                if others_wait_for(source_tag(source_name), runtime_flow_run.get_id()):
+                    break  # its slot goes to the waiting run; the flow queues the rest
+                deadline = time.monotonic() + lane_seconds
             if not is_open(windows, clock.now()):
                 stopped = "window"
                 break
@@ -248,7 +252,8 @@ def check_project(
         manifest: CSV or parquet of MRN, accession number and study date (study UID
             optional), at a path every worker can read.
         site: The site block saved by `pacsflow configure`.
-        lane_seconds: Seconds a check lane holds a source's slot before giving it back.
+        lane_seconds: Seconds between a check lane's looks for another run waiting for
+            its source's slot (it then gives the slot back).
     """
     logger = get_run_logger()
     config = resolve_project(project, site)

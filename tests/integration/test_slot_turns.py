@@ -100,3 +100,32 @@ def test_a_run_waiting_for_the_source_gets_a_slot_while_the_other_run_still_has_
         "the other run got the slot only after the extraction was done with the primary"
     )
     assert _primary_lanes_started(state) > 2  # a lane gave its slot up, and was replaced
+
+
+def test_a_check_lane_nobody_waits_for_keeps_its_slot_too(sandbox_factory, prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from blocks.site import save_site
+    from flows.check import check_project
+
+    sandbox = sandbox_factory(n_studies=12)
+    save_site(load_site_config(sandbox.config_path))
+    # A turn far shorter than one C-FIND: each lane passes its deadline at every study.
+    state = check_project(
+        project=str(sandbox.project_path),
+        manifest=str(sandbox.manifest_path),
+        lane_seconds=0.001,
+        return_state=True,
+    )
+
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    lanes = [t.name for t in tasks if t.name.startswith("check-primary-lane-")]
+    # The primary's limit is 4: one lane per slot for all 12 studies, not a lane per study.
+    assert len(lanes) == 4, lanes
