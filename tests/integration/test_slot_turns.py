@@ -1,5 +1,6 @@
 """A retrieval lane keeps its source's slot while nobody else waits, and passes it on when
-another run does (against the real Prefect server and the sandbox PACS)."""
+another run does; a check lane keeps it too (against the real Prefect server and the
+sandbox PACS)."""
 
 from __future__ import annotations
 
