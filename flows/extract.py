@@ -2,9 +2,9 @@
 
 ``extract-project`` validates and ingests the manifest, checks the key and the profile,
 sets the sources' limits, and then hands the studies the ledger says are not done to the
-retrieval subflow ``process-studies``: in this process, or, with ``workers`` > 1, as that
-many runs of the ``process-studies`` deployment on a work pool, which share the studies
-through the ledger's claims. Finished studies are filtered out by one count query; no
+retrieval subflow ``process-studies``: in this process, and with ``workers`` > 1 also as
+``workers - 1`` runs of the ``process-studies`` deployment on a work pool, which share the
+studies through the ledger's claims. Finished studies are filtered out by one count query; no
 task exists per study.
 """
 
@@ -70,8 +70,17 @@ def _run_name() -> str:
     return run_name(flow_run.parameters["project"], flow_run.name, str(flow_run.id), today)
 
 
-def _run_chunks(project: ProjectConfig, site: str, pull: str, total: int, workers: int) -> None:
-    """Run ``workers`` chunks of the pull as deployment runs, and wait for them all."""
+def _run_chunks(
+    project: ProjectConfig, site: str, pull: str, total: int, workers: int, export_lanes: int
+) -> None:
+    """Run the pull in ``workers`` chunks: ``workers - 1`` deployment runs on the work
+    pool, and chunk 0 here, as a subflow; then wait for them all.
+
+    This run's process is started already, and warm: a deployment run in its place would
+    pay a worker's poll and a new process (seconds of imports) before its first study.
+    The chunks share the pull's studies through the ledger's claims, so when chunk 0 ends
+    no study is left to claim; the others finish the studies they hold.
+    """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -89,9 +98,12 @@ def _run_chunks(project: ProjectConfig, site: str, pull: str, total: int, worker
             timeout=0,
             as_subflow=True,
         )
-        for chunk in range(workers)
+        for chunk in range(1, workers)
     ]
-    logger.info("started %s process-studies runs on the work pool", len(runs))
+    logger.info("started %s process-studies runs on the work pool; chunk 0 runs here", len(runs))
+    process_studies(
+        project=project, pull=pull, site=site, total=total, chunk=0, export_lanes=export_lanes
+    )
     progress = Progress(workspace(site), project.name, pull, total)
     with get_client(sync_client=True) as client:
         while True:
@@ -128,8 +140,8 @@ def extract_project(
         site: The site block saved by `pacsflow configure`.
         force_key_change: Accept a changed pseudonymisation key. Only when it was
             changed on purpose: studies exported before keep their old pseudonyms.
-        workers: Split the pull over this many runs of process-studies on the work
-            pool; 1 runs it in this flow run.
+        workers: Split the pull over this many runs of process-studies: one in this
+            flow run, the others on the work pool; 1 runs it all here.
         export_lanes: Studies de-identified and exported at once in each run.
     """
     logger = get_run_logger()
@@ -149,7 +161,7 @@ def extract_project(
         logger.info("%s studies held by stopped workers are free again", released)
     logger.info("%s studies to process", todo)
     if todo and workers > 1:
-        _run_chunks(config, site, pull, todo, workers)
+        _run_chunks(config, site, pull, todo, workers, export_lanes)
     elif todo:
         process_studies(project=config, pull=pull, site=site, total=todo, export_lanes=export_lanes)
 
