@@ -161,7 +161,7 @@ def main() -> None:
             ]
             try:
                 marks = {name: pacs.log_offset() for name, pacs in sources.items()}
-                started = time.monotonic()
+                started, started_wall = time.monotonic(), time.time()
                 states = _run_all(server.api_url, folder, manifests, timeout=60 + 20 * n)
                 seconds = time.monotonic() - started
             finally:
@@ -178,8 +178,13 @@ def main() -> None:
             figure("throughput / ideal (both sources at k)", len(exported) / seconds / ideal)
             for name, pacs in sources.items():
                 k = LIMITS[name]
-                record = SourceRecord.of(pacs.activity(marks[name]), k)
-                print(f"  {name}: {record.operations} requests, busy {record.busy_seconds:.1f} s")
+                ops = pacs.activity(marks[name])
+                record = SourceRecord.of(ops, k)
+                print(
+                    f"  {name}: {record.operations} requests, busy {record.busy_seconds:.1f} s, "
+                    f"from {min(op.started_wall for op in ops) - started_wall:.1f} s after the "
+                    f"runs were created to {max(op.ended_wall for op in ops) - started_wall:.1f} s"
+                )
                 ok &= check(
                     f"{name}: max retrievals in flight",
                     record.max_retrievals,

@@ -10,7 +10,7 @@ there. A fetched study is handed to an **export lane** of the same process (de-i
 PHI gate, export: CPU work that must not hold a source's slot) through a bounded queue.
 
 A lane ends when no study is waiting for its source, or, every ``lane_seconds``, when
-another run's lane waits for the source's slot, so that projects take turns; the
+a lane of another pull waits for the source's slot, so that projects take turns; the
 dispatcher (:mod:`flows.process`) starts another while work remains. A lane nobody waits
 for keeps its slot: handing one over costs seconds of an idle source. Lanes return
 counts; per-study failures are logged by ledger id and identifier-free reason, and
@@ -203,7 +203,9 @@ class _Lane:
         waits for the slot (looked at every ``lane_seconds``); the study in hand, and one
         found ahead, are fetched first.
         """
-        turns = _Turns(self.source_name, self.windows, lane_seconds, self.handoff, self.logger)
+        turns = _Turns(
+            self.source_name, self.pull, self.windows, lane_seconds, self.handoff, self.logger
+        )
         locate = partial(self.next_located, finder or association)
         # No thread exists until a first submit, so a lane without a finder costs none.
         with ThreadPoolExecutor(1, thread_name_prefix="find-ahead") as pool:
@@ -328,20 +330,22 @@ class _Lane:
 class _Turns:
     """Whether a lane goes on to another study: asked once before each.
 
-    Every ``lane_seconds`` it looks whether another run waits for the source's slot (then
-    the lane ends and gives it back, so projects take turns); it also ends the lane when
+    Every ``lane_seconds`` it looks whether a run of another pull waits for the source's
+    slot (then the lane ends and gives it back, so projects take turns); it also ends the lane when
     the source's extraction window closes or the run is ending on an error.
     """
 
     def __init__(
         self,
         source_name: str,
+        pull: str,
         windows: ExtractionWindows | None,
         lane_seconds: float,
         handoff: Handoff,
         logger: logging.Logger | logging.LoggerAdapter,
     ) -> None:
-        self.source_name, self.windows, self.lane_seconds = source_name, windows, lane_seconds
+        self.source_name, self.pull = source_name, pull
+        self.windows, self.lane_seconds = windows, lane_seconds
         self.handoff, self.logger = handoff, logger
         self.deadline = time.monotonic() + lane_seconds
 
@@ -349,7 +353,7 @@ class _Turns:
         if self.handoff.abandoned:
             return False
         if time.monotonic() >= self.deadline:
-            if others_wait_for(source_tag(self.source_name), runtime_flow_run.get_id()):
+            if others_wait_for(source_tag(self.source_name), runtime_flow_run.get_id(), self.pull):
                 return False  # the dispatcher of that run starts a lane with the slot
             self.deadline = time.monotonic() + self.lane_seconds
         if not is_open(self.windows, clock.now()):

@@ -50,7 +50,11 @@ def ensure_source_limits(site: SiteConfig, names: list[str]) -> dict[str, int]:
     return limits
 
 
-def others_wait_for(tag: str, flow_run_id: UUID | None) -> bool:
+#: Waiting task runs read to tell another pull's lanes from our sibling chunks'.
+PENDING_LOOKED_AT = 50
+
+
+def others_wait_for(tag: str, flow_run_id: UUID | None, pull: str | None = None) -> bool:
     """Whether a task run of another live flow run than ``flow_run_id`` waits for ``tag``.
 
     A task waiting for its tag's slot stays ``Pending`` until it gets one. Lanes ask this
@@ -59,8 +63,10 @@ def others_wait_for(tag: str, flow_run_id: UUID | None) -> bool:
     requests 503, after which the client waits 2 s), so a lane that nobody waits for
     keeps its slot. Pending runs of crashed or cancelled flow runs are not waiting, nor
     are the lanes of the asking run itself (its dispatcher starts a lane only when one of
-    its own ended, and they would pass the slot round among themselves). When the server
-    cannot say, the answer is yes: the slot is handed over.
+    its own ended, and they would pass the slot round among themselves), nor, given the
+    asking run's ``pull``, those of the other chunks of that pull: they work on the same
+    studies, so a turn would only cost the hand-over. When the server cannot say, the
+    answer is yes: the slot is handed over.
     """
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -85,8 +91,15 @@ def others_wait_for(tag: str, flow_run_id: UUID | None) -> bool:
                     tags=TaskRunFilterTags(all_=[tag]),
                     state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.PENDING])),
                 ),
-                limit=1,
+                limit=PENDING_LOOKED_AT,
+            )
+            if not waiting or pull is None:
+                return bool(waiting)
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=list({t.flow_run_id for t in waiting if t.flow_run_id}))
+                )
             )
     except Exception:
         return True
-    return bool(waiting)
+    return any(run.parameters.get("pull") != pull for run in runs)

@@ -130,3 +130,62 @@ def test_a_check_lane_nobody_waits_for_keeps_its_slot_too(sandbox_factory, prefe
     lanes = [t.name for t in tasks if t.name.startswith("check-primary-lane-")]
     # The primary's limit is 4: one lane per slot for all 12 studies, not a lane per study.
     assert len(lanes) == 4, lanes
+
+
+def test_only_a_run_of_another_pull_is_waiting_not_a_sibling_chunk_of_ours(prefect_api):
+    """Chunks of one pull work on the same studies: a turn between them would only cost
+    the hand-over. A run of another pull waiting for the tag is told apart from them."""
+    import uuid
+
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+
+    from flows.limits import others_wait_for, source_tag
+
+    tag = source_tag(f"turns-{uuid.uuid4().hex[:8]}")
+    release, holding = threading.Event(), threading.Event()
+    holder_run: list = []
+
+    @task
+    def hold_the_slot() -> None:
+        holding.set()
+        release.wait(60)
+
+    @task
+    def wait_for_the_slot() -> None:
+        pass
+
+    @flow
+    def holder(pull: str) -> None:
+        from prefect.runtime import flow_run
+
+        holder_run.append(flow_run.get_id())
+        hold_the_slot.with_options(tags=[tag]).submit().wait()
+
+    @flow
+    def sibling(pull: str) -> None:
+        wait_for_the_slot.with_options(tags=[tag]).submit().wait()
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=1)
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(holder, "ours")),
+    ]
+    threads[0].start()
+    assert holding.wait(30), "the holder never got the slot"
+    threads.append(threading.Thread(target=contextvars.copy_context().run, args=(sibling, "ours")))
+    threads[1].start()
+    try:
+        deadline = time.monotonic() + 30
+        while not others_wait_for(tag, holder_run[0]) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the sibling's task is Pending on the tag
+        assert others_wait_for(tag, holder_run[0]), "the sibling's task never waited"
+
+        assert not others_wait_for(tag, holder_run[0], pull="ours")
+        assert others_wait_for(tag, holder_run[0], pull="another pull")
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag(tag)
