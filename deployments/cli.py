@@ -759,17 +759,19 @@ def _host_sandbox(folder: Path) -> list:
 @app.command()
 def deploy(
     pool: Annotated[str, typer.Option(help="Process work pool to create or use.")] = "pacsflow",
+    site_name: SiteOption = DEFAULT_SITE,
 ) -> None:
-    """Register extract-project and process-studies on a process work pool.
+    """Register extract-project, check-project and process-studies on a process work pool.
 
     Then run `prefect worker start --pool POOL` on each machine (same code, ledger and
     staging), and trigger extract-project with workers > 1 to share a pull among them.
+    Runs use the site block --site names unless the run form gives another.
     """
     server = _connect(verbose=True)
     from deployments.serve import deploy_to_pool
 
-    for name in deploy_to_pool(pool):
-        console.print(f"Deployed {name} on work pool {pool!r}")
+    for name in deploy_to_pool(pool, site=site_name):
+        console.print(f"Deployed {name} on work pool {pool!r} (site {site_name!r})")
     console.print(
         f"Start workers with: prefect worker start --pool {pool}\n"
         f"Trigger runs at {server.ui_url}/deployments"
