@@ -34,9 +34,11 @@ bench: $(BIN)/.installed system-deps
 	@status=0; for b in saturation small_studies large_studies shell_loop two_workers; do \
 	  echo; echo "== bench.$$b"; $(BIN)/python -m bench.$$b || status=1; done; exit $$status
 
-# pacsflow's own Prefect server keeps its database under .pacsflow/: stop it (by the pid it
-# recorded, waiting for it to exit) before deleting that. deployments/server.py needs only
-# the standard library, so this works without the venv too.
+# pacsflow's own Prefect server keeps its database under .pacsflow/, and the demo's served
+# deployments their sandbox: stop both (by the pids they recorded, waiting for them to exit)
+# before deleting that. deployments/server.py and background.py need only the standard
+# library, so this works without the venv too.
 clean:
+	$(PYTHON) -c 'from deployments.background import stop_served as stop; s = stop(); print(f"stopped the served demo deployments, pid {s.pid}" if s else "no served demo running")'
 	$(PYTHON) -c 'from deployments.server import stop_local_server as stop; s = stop(); print(f"stopped the Prefect server, pid {s.pid}" if s else "no pacsflow Prefect server running")'
 	rm -rf $(VENV) .pacsflow

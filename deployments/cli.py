@@ -508,6 +508,10 @@ def sandbox(
         site.stop()
 
 
+#: Studies the demo seeds but leaves out of its first pull, for a pull from the UI.
+DEMO_MORE = 4
+
+
 @app.command()
 def demo(
     folder: Annotated[Path, typer.Option(help="Where the demo keeps its files.")] = Path(
@@ -515,10 +519,21 @@ def demo(
     ),
     studies: int = 12,
     fresh: Annotated[bool, typer.Option(help="Start again from an empty ledger.")] = True,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="Then leave the deployments served in the background, with the sandbox "
+            "PACS, so the Prefect UI can start pulls (`pacsflow server stop` stops them)."
+        ),
+    ] = True,
 ) -> None:
     """Sandbox PACS, local Prefect server and a full extraction, in one command."""
+    from deployments.background import stop_served
     from pacsflow.sandbox.scenario import build_sandbox
 
+    # Its sandbox is about to be rebuilt on other ports: one served demo at a time.
+    if (previous := stop_served()) is not None:
+        console.print(f"Stopped the deployments the last demo served (pid {previous.pid}).")
     if fresh and folder.exists():
         shutil.rmtree(folder)
     site = build_sandbox(
@@ -527,6 +542,7 @@ def demo(
         secondary_port=_free_port(),
         receiver_port=_free_port(),
         n_studies=studies,
+        extra_studies=DEMO_MORE,
     )
     expected = site.expected
     console.print(
@@ -543,18 +559,53 @@ def demo(
         console.print(f"Done in {time.monotonic() - started:.1f} s.")
     finally:
         site.stop()
-    _tell_where_the_ui_is()
-    raise typer.Exit(code)
+    served = serve and code != 2 and _serve_in_background(site, project.name)
+    _tell_where_the_ui_is(served)
+    raise typer.Exit(1 if serve and not served else code)
 
 
-def _tell_where_the_ui_is() -> None:
+def _serve_in_background(site, project: str) -> bool:
+    """Serve the deployments and the demo's sandbox in a process of their own."""
+    from deployments.background import start_served, stop_served, wait_until_served
+    from deployments.cli_projects import register_beside
+
+    register_beside(site.config_path)  # the run form lists the demo's project
+    console.print("Serving the deployments in the background, with the sandbox PACS...")
+    state = start_served(site.folder, os.environ["PREFECT_API_URL"])
+    deployment_id = wait_until_served(state)
+    if deployment_id is None:
+        stop_served()
+        console.print(
+            f"[bold red]error:[/] serving the deployments failed; see {state.log}",
+            highlight=False,
+        )
+        return False
+    ui = state.api_url.removesuffix("/api")
+    console.print(
+        f"Deployments served in the background (pid {state.pid}, log {state.log}). Start "
+        f"another pull in the UI: {ui}/deployments/deployment/{deployment_id} > Run > Custom "
+        f"run, project {project} from the list, manifest {site.more_manifest_path} "
+        f"({site.more} studies the first pull did not ask for).",
+        highlight=False,
+    )
+    return True
+
+
+def _tell_where_the_ui_is(served: bool = False) -> None:
     api_url = os.environ.get("PREFECT_API_URL", "")
     ui = api_url.removesuffix("/api")
     state = read_state()
     if is_ours(state) and state.api_url == api_url:
+        what = "the served deployments and the server keep" if served else "the server keeps"
         console.print(
-            f"The Prefect UI is at {ui}; the server keeps running. Stop it with "
-            "`pacsflow server stop`; `pacsflow status` shows the demo's studies."
+            f"The Prefect UI is at {ui}; {what} running. Stop "
+            f"{'them' if served else 'it'} with `pacsflow server stop`; `pacsflow status` "
+            "shows the demo's studies."
+        )
+    elif served:
+        console.print(
+            f"The Prefect UI is at {ui}; `pacsflow server stop` stops the served deployments; "
+            "`pacsflow status` shows the demo's studies."
         )
     else:
         console.print(f"The Prefect UI is at {ui}; `pacsflow status` shows the demo's studies.")
@@ -572,6 +623,7 @@ def server_status() -> None:
         console.print(f"PREFECT_API_URL is set: commands use {os.environ['PREFECT_API_URL']}")
     if state is None:
         console.print("pacsflow has no local Prefect server recorded here (.pacsflow/prefect).")
+        _served_status()
         return
     running = is_ours(state)
     console.print(
@@ -580,13 +632,32 @@ def server_status() -> None:
         + ("yes (its token matches)" if running else "no answer with our token on that port"),
         highlight=False,
     )
+    _served_status()
     if not running:
         raise typer.Exit(1)
 
 
+def _served_status() -> None:
+    from deployments.background import is_running, read_served
+
+    served = read_served()
+    if served is not None:
+        console.print(
+            f"the demo's served deployments: {'running' if is_running(served) else 'NOT running'}"
+            f"  pid {served.pid}  log {served.log}",
+            highlight=False,
+        )
+
+
 @server_app.command("stop")
 def server_stop() -> None:
-    """Stop pacsflow's local server by its recorded pid, wait for it, forget it."""
+    """Stop the deployments the demo serves, then pacsflow's local server, by their recorded
+    pids; wait for them to exit and forget them."""
+    from deployments.background import stop_served
+
+    served = stop_served()  # first: it talks to the server
+    if served is not None:
+        console.print(f"Stopped the deployments the demo served (pid {served.pid}).")
     stopped = stop_local_server()
     if stopped is None:
         console.print("No local Prefect server of pacsflow's was running here.")
@@ -627,6 +698,13 @@ def serve(
     ] = "UTC",
     config: ConfigOption = None,
     site_name: SiteOption = DEFAULT_SITE,
+    sandbox: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also run the sandbox PACS and a receiver of this demo folder, as "
+            "`pacsflow demo` leaves them (e.g. .pacsflow/demo)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the extract-project deployment: trigger runs from the Prefect UI."""
     try:
@@ -639,26 +717,61 @@ def serve(
         # The served runs start elsewhere: hand them the file's absolute path.
         project = str(_project_file(project, _site_path(config)).resolve())
     server = _connect(verbose=True)
+    hosted = _host_sandbox(sandbox) if sandbox is not None else []
     console.print(f"Serving extract-project; trigger runs at {server.ui_url}/deployments")
     from deployments.serve import serve_deployments
 
-    serve_deployments(project, manifest, cron, site=site_name, timezone=timezone)
+    try:
+        serve_deployments(project, manifest, cron, site=site_name, timezone=timezone)
+    finally:
+        for running in hosted:
+            running.stop()
+
+
+def _host_sandbox(folder: Path) -> list:
+    """Start the sandbox PACS built in ``folder`` again, and a receiver for their moves."""
+    from pacsflow.dicom.peers import allowed_peers
+    from pacsflow.dicom.receiver import Receiver
+    from pacsflow.errors import PacsflowError
+    from pacsflow.sandbox.scenario import reopen_sandbox
+
+    try:
+        site = load_site_config(folder / "pacsflow.yaml")
+        pacs = reopen_sandbox(folder)
+    except (ConfigError, PacsflowError, OSError) as exc:
+        console.print(f"[bold red]error:[/] cannot host the sandbox: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        receiver = Receiver(site.receiver, site.staging, allowed_peers(site)).start()
+    except ConfigError as exc:
+        for each in pacs:
+            each.stop()
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(
+        f"Sandbox PACS of {folder} running: "
+        + ", ".join(f"{p.ae_title} on {p.address[1]}" for p in pacs)
+        + f"; receiver on {site.receiver.port}"
+    )
+    return [*pacs, receiver]
 
 
 @app.command()
 def deploy(
     pool: Annotated[str, typer.Option(help="Process work pool to create or use.")] = "pacsflow",
+    site_name: SiteOption = DEFAULT_SITE,
 ) -> None:
-    """Register extract-project and process-studies on a process work pool.
+    """Register extract-project, check-project and process-studies on a process work pool.
 
     Then run `prefect worker start --pool POOL` on each machine (same code, ledger and
     staging), and trigger extract-project with workers > 1 to share a pull among them.
+    Runs use the site block --site names unless the run form gives another.
     """
     server = _connect(verbose=True)
     from deployments.serve import deploy_to_pool
 
-    for name in deploy_to_pool(pool):
-        console.print(f"Deployed {name} on work pool {pool!r}")
+    for name in deploy_to_pool(pool, site=site_name):
+        console.print(f"Deployed {name} on work pool {pool!r} (site {site_name!r})")
     console.print(
         f"Start workers with: prefect worker start --pool {pool}\n"
         f"Trigger runs at {server.ui_url}/deployments"

@@ -51,7 +51,9 @@ def build_deployment(
     bound the load on every PACS across all runs. ``site`` names the site block its runs
     use by default (``--site`` of ``pacsflow configure``).
     """
-    given = {"project": project, "manifest": manifest, "site": site}
+    # The site always explicitly: the server keeps a parameter an earlier registration of
+    # the same deployment set (`deploy --site other`) when a new one leaves it out.
+    given = {"project": project, "manifest": manifest, "site": site or "default"}
     parameters = {k: v for k, v in given.items() if v}
     deployment = extract_project.to_deployment(
         name=DEPLOYMENT if not cron else f"{DEPLOYMENT}-{_slug(project or 'scheduled')}",
@@ -71,7 +73,7 @@ def build_check_deployment(site: str | None = None):
     """The pre-flight check, with the same project choice in its form as extract-project."""
     deployment = check_project.to_deployment(
         name=CHECK,
-        parameters={"site": site} if site else {},
+        parameters={"site": site or "default"},
         tags=["pacsflow"],
         description="Ask every source where each of a manifest's studies is (C-FIND only, "
         "nothing retrieved); counts per class in an artifact, the findings in the ledger.",
@@ -109,11 +111,14 @@ def serve_deployments(
     serve(*deployments, build_check_deployment(site))
 
 
-def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
+def deploy_to_pool(pool: str, source: Path = SOURCE, site: str | None = None) -> list[str]:
     """Create the process work pool ``pool`` if needed and register the deployments on it.
 
     Returns the deployment names. Workers (``prefect worker start --pool POOL``) run the
     flows from ``source``, which must hold this code on every machine that runs a worker.
+    ``site`` names the site block extract-project and check-project runs use by default
+    (process-studies runs are handed theirs by extract-project); their forms offer its
+    projects.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -122,20 +127,22 @@ def deploy_to_pool(pool: str, source: Path = SOURCE) -> list[str]:
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     names = []
-    for flow_, name, entrypoint in (
-        (extract_project, DEPLOYMENT, "flows/extract.py:extract_project"),
-        (check_project, CHECK, "flows/check.py:check_project"),
-        (process_studies, CHUNKS, "flows/process.py:process_studies"),
+    defaults = {"site": site or "default"}
+    for flow_, name, entrypoint, parameters in (
+        (extract_project, DEPLOYMENT, "flows/extract.py:extract_project", defaults),
+        (check_project, CHECK, "flows/check.py:check_project", defaults),
+        (process_studies, CHUNKS, "flows/process.py:process_studies", {}),
     ):
         deployed = flow_.from_source(source=str(source), entrypoint=entrypoint)
         deployed.deploy(
             name=name,
             work_pool_name=pool,
+            parameters=parameters,
             tags=["pacsflow"],
             # Heartbeats let the server mark a run Crashed when its worker dies.
             job_variables={"env": heartbeat_env()},
             print_next_steps=False,
         )
         names.append(f"{flow_.name}/{name}")
-    refresh_forms()
+    refresh_forms(site or "default")
     return names

@@ -19,6 +19,8 @@ from pacsflow.sandbox.pacs import SandboxPacs
 from pacsflow.sandbox.synthetic import make_patients, make_study
 
 PROJECT = "sandbox-demo"
+#: The manifest of the studies held back for a second pull (``extra_studies``).
+MORE_MANIFEST = "manifest-more.csv"
 
 
 @dataclass
@@ -33,6 +35,9 @@ class SandboxSite:
     #: Where each manifest row's study is ("primary", "secondary", "both", "neither"),
     #: in the manifest's order.
     placement: list[str] = field(default_factory=list)
+    #: The studies seeded but left out of ``manifest_path`` (``extra_studies``), if any.
+    more_manifest_path: Path | None = None
+    more: int = 0
 
     def stop(self) -> None:
         self.primary.stop()
@@ -64,11 +69,14 @@ def build_sandbox(
     seed: int = 0,
     retrieve_delay: float = 0.0,
     activity_log: Path | None = None,
+    extra_studies: int = 0,
 ) -> SandboxSite:
     """Seed and start the two PACS, write ``pacsflow.yaml``, the project and the manifest.
 
     ``retrieve_delay`` and ``activity_log`` go to both PACS (see :class:`SandboxPacs`);
-    their records share the log and are told apart by AE title.
+    their records share the log and are told apart by AE title. ``extra_studies`` more
+    studies (alternately in the primary and the secondary) are seeded and listed in
+    ``manifest-more.csv`` only, for a second pull to find something new.
     """
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,9 +91,10 @@ def build_sandbox(
     rng = random.Random(seed)
     places = _placement(n_studies)
     rng.shuffle(places)
+    more = [("primary", "secondary")[i % 2] for i in range(extra_studies)]
     rows = []
     for number, (patient, place) in enumerate(
-        zip(make_patients(n_studies, seed), places, strict=True)
+        zip(make_patients(n_studies + extra_studies, seed), places + more, strict=True)
     ):
         accession = f"ACC{seed:02d}{number:06d}"
         study_date = dt.date(2018, 1, 1) + dt.timedelta(days=rng.randrange(6 * 365))
@@ -151,8 +160,45 @@ def build_sandbox(
     project_path.parent.mkdir(exist_ok=True)
     project_path.write_text(yaml.safe_dump(project, sort_keys=False))
     manifest_path = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest_path, index=False)
+    pd.DataFrame(rows[:n_studies]).to_csv(manifest_path, index=False)
+    more_path = None
+    if extra_studies:
+        more_path = folder / MORE_MANIFEST
+        pd.DataFrame(rows[n_studies:]).to_csv(more_path, index=False)
     expected = {p: places.count(p) for p in ("primary", "secondary", "both", "neither")}
     return SandboxSite(
-        folder, primary, secondary, config_path, project_path, manifest_path, expected, places
+        folder,
+        primary,
+        secondary,
+        config_path,
+        project_path,
+        manifest_path,
+        expected,
+        places,
+        more_path,
+        extra_studies,
     )
+
+
+def reopen_sandbox(folder: Path) -> tuple[SandboxPacs, SandboxPacs]:
+    """Start again the two PACS of the sandbox built in ``folder``, on its config's ports.
+
+    They serve the files seeded by :func:`build_sandbox` (``pacs-primary``,
+    ``pacs-secondary``), so another process can host a sandbox the demo built.
+    """
+    folder = Path(folder).resolve()
+    config = yaml.safe_load((folder / "pacsflow.yaml").read_text())
+    receiver = config["receiver"]
+    destinations = {receiver["ae_title"]: (receiver["host"], receiver["port"])}
+    opened = []
+    for name in ("primary", "secondary"):
+        source = config["sources"][name]
+        storage = folder / f"pacs-{name}"
+        pacs = SandboxPacs(source["ae_title"], source["port"], storage, destinations)
+        try:
+            opened.append(pacs.start())
+        except Exception:
+            for started in opened:
+                started.stop()
+            raise
+    return opened[0], opened[1]

@@ -179,15 +179,21 @@ def test_a_killed_extraction_resumes_without_loss_or_duplicates(tmp_path, prefec
 
 
 def test_demo_command_shows_both_sources_and_not_found(tmp_path, prefect_api):
+    """``--no-serve`` (for scripts): the demo leaves nothing running (test_demo_serves.py
+    covers what it serves otherwise). It runs in tmp_path, whose .pacsflow/ it uses."""
+    from deployments.background import read_served
+
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "120"}
     result = subprocess.run(
-        [PACSFLOW, "demo", "--folder", str(tmp_path / "demo")],
+        [PACSFLOW, "demo", "--folder", str(tmp_path / "demo"), "--no-serve"],
         capture_output=True,
         text=True,
         env=env,
         timeout=400,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert read_served(tmp_path / ".pacsflow" / "prefect") is None
     assert "exported from primary" in result.stdout
     assert "exported from secondary" in result.stdout
     assert "not_found" in result.stdout

@@ -72,3 +72,37 @@ def test_the_default_site_keeps_its_plain_block_names(prefect_api, tmp_path):
     site = load_site_config(_site_file(tmp_path, 1043))
     save_site(site)
     assert DicomSource.load("vna").port == 1043
+
+
+def test_deploy_with_site_makes_the_pools_runs_use_that_site(prefect_api, tmp_path, monkeypatch):
+    """`pacsflow deploy --pool P --site NAME`: runs started from the form (or
+    `prefect deployment run`) without a site read NAME's blocks, and the form lists NAME's
+    projects, not the default site's."""
+    from prefect.client.orchestration import get_client
+
+    from blocks.projects import register_project
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    project = tmp_path / "projects" / "pool-site-study.yaml"
+    project.parent.mkdir()
+    project.write_text(
+        yaml.safe_dump({"name": "pool-site-study", "sources": ["vna"], "destination": "local"})
+    )
+    register_project(project, "site-pool")
+    pool = f"pool-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    result = CliRunner().invoke(app, ["deploy", "--pool", pool, "--site", "site-pool"])
+    assert result.exit_code == 0, result.output
+
+    with get_client(sync_client=True) as client:
+        deployments = [
+            client.read_deployment_by_name(name)
+            for name in ("extract-project/extract-project", "check-project/check-project")
+        ]
+        for deployment in deployments:  # other tests serve these names: leave none behind
+            client.delete_deployment(deployment.id)
+        client.delete_work_pool(pool)
+    for deployment in deployments:
+        assert deployment.work_pool_name == pool
+        assert deployment.parameters["site"] == "site-pool"
+        choices = deployment.parameter_openapi_schema["properties"]["project"]["anyOf"]
+        assert choices[0]["enum"] == ["pool-site-study"]
