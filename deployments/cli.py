@@ -7,6 +7,9 @@ the environment it reads at import.
 
 from __future__ import annotations
 
+import atexit
+import contextvars
+import gc
 import json
 import os
 import re
@@ -16,6 +19,7 @@ import socket
 import threading
 import time
 import zoneinfo
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -105,6 +109,23 @@ def main(
     ] = False,
 ) -> None:
     """Pull research imaging out of PACS: find, retrieve, de-identify, export."""
+    _exit_without_final_collection()
+
+
+def _exit_without_final_collection() -> None:
+    """Let the process end without a last garbage collection over everything it imported.
+
+    At exit Python collects cyclic garbage across the whole heap (Prefect, pandas,
+    SQLAlchemy and pydicom are loaded): most of a second after the command has finished
+    and printed everything. Freezing the heap at exit skips that pass; the operating
+    system frees the memory anyway. The ``atexit`` handlers still run, Prefect's logs and
+    events are drained before them, and module teardown still releases what is not in a
+    cycle; only objects held in reference cycles are not finalised, and pacsflow relies on
+    no finaliser (it closes files and ledger sessions with ``with``; there is no
+    ``__del__``). Registered once, whatever the number of commands run in this process.
+    """
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 def _fail_input(message: str) -> typer.Exit:
@@ -257,12 +278,21 @@ def run_extract(
     export_lanes: int | None = None,
     site_name: str = DEFAULT_SITE,
 ) -> int:
-    """Run the flow in this process, show progress from the ledger, return the exit code."""
-    from blocks.site import save_site
-    from flows.extract import extract_project
-    from pacsflow.dicom.receiver import stop_process_receiver
+    """Run the flow in this process, show progress from the ledger, return the exit code.
 
-    save_site(site, name=site_name)
+    The site's blocks are saved while the flow's modules are imported: saving waits on the
+    server most of the time, importing needs the CPU, and done one after the other they
+    cost 0.1-0.4 s more before the first study is asked for (measured).
+    """
+    from blocks.site import save_site
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pacsflow-save-site") as pool:
+        # In a copy of this thread's context, so the save sees the same Prefect settings.
+        saved = pool.submit(contextvars.copy_context().run, save_site, site, name=site_name)
+        from flows.extract import extract_project
+        from pacsflow.dicom.receiver import stop_process_receiver
+
+        saved.result()  # a failed save raises here, before any flow run exists
     sessions = _ledger(site)
     known_before = sum(_counts(sessions, project.name)[0].values())
     outcome: dict[str, object] = {}

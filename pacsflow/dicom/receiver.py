@@ -8,8 +8,10 @@ the receiver supports the common storage SOP classes only, with every transfer s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import socket
 import threading
 import time
 from functools import partial
@@ -160,10 +162,21 @@ class Receiver:
         threading.Event().wait()
 
     def stop(self) -> None:
+        """Stop serving and free the port, without waiting for the accept loop's next poll.
+
+        The loop looks for a stop request only between polls of its socket, every 0.5 s,
+        and ``shutdown`` waits for it: half a second at most, a quarter on average, at
+        the end of every ``pacsflow extract``. Shutting the listening socket down makes
+        the poll return at once (on Linux; elsewhere it still ends at the next poll).
+        """
         self.shared = False
         if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+            server, self._server = self._server, None
+            stopping = threading.Thread(target=server.shutdown, name="pacsflow-receiver-stop")
+            stopping.start()
+            with contextlib.suppress(OSError):
+                server.socket.shutdown(socket.SHUT_RDWR)
+            stopping.join()
 
 
 _PROCESS_RECEIVER: Receiver | None = None

@@ -106,3 +106,14 @@ def test_the_receivers_quick_copy_of_its_contexts_is_a_full_copy() -> None:
     assert [vars(c) for c in quick] == [vars(c) for c in copy.deepcopy(ae.supported_contexts)]
     quick[0].transfer_syntax.append("1.2.840.10008.1.2.4.999")  # negotiation may edit it
     assert "1.2.840.10008.1.2.4.999" not in ae.supported_contexts[0].transfer_syntax
+
+
+def test_a_stopped_receiver_has_freed_its_port_for_the_next(tmp_path: Path) -> None:
+    config = ReceiverConfig(ae_title="PACSFLOW", host="127.0.0.1", port=free_port())
+    for _ in range(3):  # stop() wakes the accept loop itself; each start binds afresh
+        receiver = Receiver(config, tmp_path / "staging").start()
+        assert receiver.running and not receiver.shared
+        receiver.stop()
+        assert not receiver.running
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", config.port))
