@@ -156,9 +156,10 @@ def process_studies(
                     )
             for index, name in enumerate(project.sources):
                 room = ws.site.sources[name].max_concurrent - len(running[name])
-                # One new lane per source per tick: slot requests made all at once collide
-                # on a SQLite-backed server, which answers 503 and makes clients back off 2 s.
-                for _ in range(min(room, ready.get(index, 0), 1)):
+                # As many lanes as the source has room and studies for. (Slot requests made
+                # all at once collide on a SQLite-backed server, which answers 503; the
+                # local server replays those itself, deployments/server_process.py.)
+                for _ in range(min(room, ready.get(index, 0))):
                     started[name] += 1
                     lane = retrieval_lane.with_options(tags=[source_tag(name)]).submit(
                         site, project, name, started[name], pull, handoff.key, lane_seconds
