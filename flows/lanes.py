@@ -152,17 +152,15 @@ def retrieval_lane(
     source's retry delay), failed.
     """
     ws = workspace(site)
-    counts: Counter[str] = Counter()
     source = ws.site.sources[source_name]
+    lane_ = _Lane(ws, project, source_name, pull, _handoffs[handoff], get_run_logger())
     with (
         ws.leases.held(),
         SourceAssociation(source, ws.calling_ae) as association,
         SourceAssociation(source, ws.calling_ae, find_only=True) as finder,
     ):
-        lane_ = _Lane(ws, project, source_name, pull, _handoffs[handoff], get_run_logger())
         lane_.run(association, finder if source.find_ahead else None, lane_seconds)
-        counts.update(lane_.counts)
-    return dict(counts)
+    return dict(lane_.counts)
 
 
 class _Lane:

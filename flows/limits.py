@@ -29,7 +29,8 @@ def image_slots(expected_instances: int | None, max_images: int) -> int:
 def ensure_source_limits(site: SiteConfig, names: list[str]) -> dict[str, int]:
     """Create or update each named source's limits on the Prefect server.
 
-    ``max_concurrent`` becomes the tag limit ``source:<name>`` (queries and retrievals);
+    ``max_concurrent`` becomes the tag limit ``source:<name>`` (one slot per lane: its
+    retrievals, and its queries);
     ``max_images`` the global concurrency limit ``source-images-<name>`` (instances
     being retrieved). The server keeps them, so they hold across projects, flow runs and
     workers. ``prefect.yaml`` cannot create either; this is where they come from.

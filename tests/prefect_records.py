@@ -7,7 +7,10 @@ in batches from a background worker, so send what is buffered before reading the
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
+
+import pytest
 
 
 def flush_to_server(timeout: float = 10) -> None:
@@ -50,3 +53,14 @@ def run_logs(flow_run_id: UUID) -> list[str]:
             logs += batch
             offset += len(batch)
     return [log.message for log in logs]
+
+
+def wait_final(client, run_id: UUID, timeout: float = 240):
+    """The flow run once it is in a final state; the test fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(1)
+    pytest.fail(f"run still {run.state} after {timeout} s")

@@ -27,6 +27,7 @@ from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
 from pacsflow.sandbox.activity import OperationKind
 from tests.integration import test_run_form
+from tests.prefect_records import wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -257,7 +258,7 @@ def test_the_check_deployment_runs_from_the_form_with_the_project_picked_from_th
         form = deployment.parameter_openapi_schema["properties"]
         assert "sandbox-demo" in form["project"]["anyOf"][0]["enum"]
         parameters = {"project": "sandbox-demo", "manifest": str(site.manifest_path)}
-        run = test_run_form._wait(
+        run = wait_final(
             client, client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id
         )
 

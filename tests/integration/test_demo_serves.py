@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from deployments.server import pid_alive
 from pacsflow.config import load_site_config
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger import repository as repo
+from tests.prefect_records import wait_final
 from tests.servers import descendants
 
 pytestmark = pytest.mark.integration
@@ -36,16 +36,6 @@ def _pacsflow(cwd: Path, env: dict, *args: str, timeout: float = 400) -> str:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
-
-
-def _wait(client, run_id, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.read_flow_run(run_id)
-        if run.state is not None and run.state.is_final():
-            return run
-        time.sleep(1)
-    pytest.fail(f"run still {run.state} after {timeout} s")
 
 
 def _exported(folder: Path) -> dict[str, int]:
@@ -92,7 +82,7 @@ def test_the_demo_leaves_extract_project_served_and_a_pull_from_the_form_complet
             assert SLUG in form["project"]["anyOf"][0]["enum"]  # the list the form offers
             parameters = {"project": SLUG, "manifest": str(folder / "manifest-more.csv")}
             run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-            finished = _wait(client, run.id)
+            finished = wait_final(client, run.id)
         assert finished.state.is_completed(), finished.state.message
         # The held-back studies came from both sandbox PACS, which the served process hosts.
         after = _exported(folder)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pacsflow.config import load_site_config
+from tests.prefect_records import wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -52,16 +53,6 @@ def _deployment(client, timeout: float = 90):
     pytest.fail("pacsflow serve never registered extract-project")
 
 
-def _wait(client, run_id, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.read_flow_run(run_id)
-        if run.state is not None and run.state.is_final():
-            return run
-        time.sleep(1)
-    pytest.fail(f"run still {run.state} after {timeout} s")
-
-
 def test_a_pull_started_from_the_form_picks_the_project_from_a_list_and_completes(served):
     from prefect.client.orchestration import get_client
 
@@ -81,7 +72,7 @@ def test_a_pull_started_from_the_form_picks_the_project_from_a_list_and_complete
         typed = client.create_flow_run_from_deployment(
             deployment.id, parameters=parameters, name="rerun-after-the-profile-fix"
         )
-        first, second = _wait(client, run.id), _wait(client, typed.id)
+        first, second = wait_final(client, run.id), wait_final(client, typed.id)
 
     assert first.state.is_completed(), first.state.message
     assert second.state.is_completed(), second.state.message
