@@ -29,6 +29,7 @@ test: $(BIN)/.installed system-deps
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python -m bench.deidentify
 	$(BIN)/python -m bench.source_limits
+	$(BIN)/python -m bench.idle_associations
 	$(BIN)/python -m bench.manifest_scale
 	@# End to end (goals 1-4 and 6 of issue 6): each prints PASS/FAIL and exits 1 on FAIL; all run.
 	@status=0; for b in saturation small_studies large_studies shell_loop two_workers; do \

@@ -3,7 +3,8 @@
 pynetdicom never sets TCP_NODELAY, and Nagle's algorithm then costs about 40 ms per
 DIMSE round trip (measured: study-level C-FIND against Orthanc 88 ms stock, 2.6 ms with
 both sides fixed). :data:`NODELAY_HANDLERS` sets it as soon as a connection opens, on
-both the requesting and the accepting side.
+both the requesting and the accepting side. :func:`make_ae` also quiets pynetdicom's
+polling threads (:mod:`pacsflow.dicom.quiet_reactor`) for every association of the process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import socket
 
 from pynetdicom import AE, evt
+
+from pacsflow.dicom import quiet_reactor
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ def make_ae(ae_title: str, timeout: float = 60.0) -> AE:
     idle network reads, so a source that hangs becomes a retriable failure instead of a
     worker stuck forever.
     """
+    quiet_reactor.install()
     ae = AE(ae_title=ae_title)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout
