@@ -251,8 +251,9 @@ def _counts(sessions, project: str) -> tuple[dict[str, int], dict[str, int]]:
         return repo.status_counts(session, project), repo.source_counts(session, project)
 
 
-def _summary(site: SiteConfig, project: ProjectConfig) -> dict[str, int]:
-    counts, by_source = _counts(_ledger(site), project.name)
+def _summary(sessions, project: ProjectConfig) -> dict[str, int]:
+    """The final table, on the sessions the progress display used (migrated already)."""
+    counts, by_source = _counts(sessions, project.name)
     console.print(_counts_table(project.name, counts, by_source))
     return counts
 
@@ -337,7 +338,7 @@ def run_extract(
         if isinstance(error, KeyChanged | ConfigError | ManifestError):
             console.print(f"[bold red]error:[/] {error}", highlight=False)
             return 2
-    counts = _summary(site, project)
+    counts = _summary(sessions, project)
     new = sum(counts.values()) - known_before
     console.print(
         f"{new} new studies"

@@ -137,6 +137,14 @@ def process_studies(
                 # .state asks the server each time).
                 done += [f for f in futures if f.wrapped_future.done()]
                 running[name] = [f for f in futures if not f.wrapped_future.done()]
+            full = all(
+                len(running[name]) >= ws.site.sources[name].max_concurrent
+                for name in project.sources
+            )
+            if full:  # no lane could start: no need to count the ledger's waiting studies
+                progress.update(waits=waits)
+                time.sleep(POLL_SECONDS)
+                continue
             with ws.sessions() as session:
                 waiting = claims.claimable_counts(session, project.name, pull)
             now = clock.now()

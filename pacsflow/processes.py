@@ -22,10 +22,15 @@ def _start_time(pid: int) -> str:
     return stat.rpartition(")")[2].split()[19]
 
 
+_names: dict[int, str] = {}
+
+
 def this_process() -> str:
-    """This process's name: ``host:pid:start``."""
+    """This process's name: ``host:pid:start`` (read once per pid: a forked child has its own)."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    if pid not in _names:
+        _names[pid] = f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return _names[pid]
 
 
 def process_is_gone(name: str) -> bool:
