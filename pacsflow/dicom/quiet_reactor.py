@@ -129,7 +129,10 @@ def _quiet_dul_class(base: type) -> type:
                 waiting.append(sock)
             try:
                 select.select(waiting, [], [], IDLE_WAIT)
-            except (OSError, ValueError):  # the socket closed under us: look at once
+            except (OSError, ValueError):
+                # The socket (or the waker, as the thread ends) closed under us: sleep as
+                # stock pynetdicom does until the state machine sees it, never spin.
+                time.sleep(self._run_loop_delay)
                 return
             self._waker.drain()
 
