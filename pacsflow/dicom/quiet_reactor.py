@@ -4,11 +4,13 @@ Every pynetdicom association runs a DUL thread that sleeps 1 ms between looks at
 socket and queues, and a second such loop for its DIMSE messages (pynetdicom's own source
 calls this a TODO). Each wake-up is some microseconds of Python under the GIL, about 8% of
 a core per thread: four idle associations with both ends in one process measured 60-77%
-of a core. pacsflow keeps an association per lane (two with find-ahead) and the sandbox
-PACS accepts them all, so on a 2-core machine that polling took a large share of the CPU
-the transfers need.
+of a core. The sandbox PACS accepts an association per lane (two with find-ahead) and our
+receiver one per C-MOVE, so on a 2-core machine that polling took a large share of the
+CPU the transfers need.
 
-:func:`install` makes both loops wait on what actually wakes them, with no added latency:
+:func:`install` makes both loops of every *accepted* association (our C-MOVE receiver, the
+sandbox PACS and any SCP built on :func:`pacsflow.dicom.network.make_ae`) wait on what
+actually wakes them, with no added latency:
 
 - a DUL thread waits in ``select`` on its socket and on a wake-up socket that is written
   when another thread queues a primitive for it to send, an event, or asks it to stop;
@@ -16,6 +18,14 @@ the transfers need.
   state-machine action (a message decoded, a release or an abort received) and when it
   ends, and that a thread sets when it asks the reactor to pause (before every request
   and release pynetdicom sends).
+
+Associations we *request* keep stock pynetdicom. Before each request the calling thread
+pauses the association's reactor and then reads a flag the reactor sets, which can still
+say "paused" from the last pause while the reactor resumes; a reactor that resumes after
+the answer has arrived takes it for itself ("Received unexpected C-FIND service message")
+and the request waits out its timeout. Stock polling makes that rare; quiet requestor
+threads made it happen under load (CI, sequential C-FINDs against dcmqrscp). An accepted
+association has no such caller: its handlers run on the reactor's own thread.
 
 Both waits end after :data:`IDLE_WAIT` at most, so pynetdicom's timers (ARTIM, network
 idle timeout: seconds) still fire on time. Only those two sleeps are replaced: the stand-in
@@ -199,8 +209,14 @@ def install() -> bool:
         LOGGER.info("pynetdicom %s: its reactor threads keep polling every 1 ms", __version__)
         return False
     stock = dul.DULServiceProvider
+    quiet = _quiet_dul_class(stock)
+
+    def dul_for(assoc: Any) -> Any:
+        # Accepted associations only: see the module docstring for why requests keep stock.
+        return quiet(assoc) if assoc.is_acceptor else stock(assoc)
+
     clock = _ReactorTime(stock.run_reactor.__code__, association.Association._run_reactor.__code__)
-    association.DULServiceProvider = _quiet_dul_class(stock)
+    association.DULServiceProvider = dul_for
     dul.time = clock
     association.time = clock
     _installed = True

@@ -48,12 +48,15 @@ def _wait_for(predicate, seconds: float = 5.0) -> bool:
     return predicate()
 
 
-def test_make_ae_installs_it_and_associations_use_it(scp):
-    _, port = scp
+def test_accepted_associations_are_quiet_and_requested_ones_stock(scp):
+    server, port = scp
     assoc = _associate(port)
     try:
         assert quiet_reactor.installed()
-        assert hasattr(assoc.dul, "idle_wait")
+        assert _wait_for(lambda: len(server.active_associations) == 1)
+        assert hasattr(server.active_associations[0].dul, "idle_wait")
+        # A request's caller and a quiet reactor race for its answer (see the module).
+        assert not hasattr(assoc.dul, "idle_wait")
     finally:
         assoc.release()
 
@@ -93,6 +96,7 @@ def test_an_abort_from_the_peer_reaches_an_idle_requestor(scp):
 
 def test_the_network_timeout_still_fires():
     """pynetdicom's idle timer is looked at between waits: an idle peer is dropped."""
+    assert quiet_reactor.install()
     ae = AE("QUIETSCP")  # the acceptor gives up on an idle requestor after 0.3 s
     ae.add_supported_context(Verification)
     ae.network_timeout = 0.3
