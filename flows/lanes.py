@@ -51,6 +51,10 @@ from pacsflow.windows import ExtractionWindows, is_open
 
 LOGGER = logging.getLogger(__name__)
 
+#: A lane's finder association is released after each find while its retrievals take
+#: longer than this, and kept open while they are quicker (see _Lane.find_ahead).
+FINDER_IDLE_SECONDS = 0.5
+
 #: Default seconds between a retrieval lane's looks for another run waiting for its slot
 #: (it then gives the slot back; if work remains, a new lane of its run queues for one).
 LANE_SECONDS = 30.0
@@ -205,6 +209,7 @@ class _Lane:
             self.source_name, self.pull, self.windows, lane_seconds, self.handoff, self.logger
         )
         locate = partial(self.next_located, finder or association)
+        slow = False  # whether the last retrieval outlasted FINDER_IDLE_SECONDS
         # No thread exists until a first submit, so a lane without a finder costs none.
         with ThreadPoolExecutor(1, thread_name_prefix="find-ahead") as pool:
             ahead = pool if finder is not None else None
@@ -212,9 +217,11 @@ class _Lane:
             while study is not None:
                 upcoming = None
                 if ahead is not None and turns.go_on():
-                    find = partial(self.next_located, finder)
+                    find = partial(self.find_ahead, finder, release=slow)
                     upcoming = ahead.submit(contextvars.copy_context().run, find)
+                started = time.monotonic()
                 fetched = self.fetch(study, association)
+                slow = time.monotonic() - started > FINDER_IDLE_SECONDS
                 if not fetched:
                     _give_back(self.ws, study.id)
                     if upcoming is not None and (ahead_study := upcoming.result()) is not None:
@@ -226,6 +233,20 @@ class _Lane:
                     study = locate()
                 else:
                     study = None
+
+    def find_ahead(self, finder: SourceAssociation, release: bool) -> Study | None:
+        """:meth:`next_located` on the finder, in the look-ahead thread; with ``release``
+        the finder is closed after it, until the next find opens it again.
+
+        An open association costs CPU while idle (pynetdicom's threads poll every 1 ms,
+        a few percent of a core per association), more than opening one for each find
+        when the retrieval beside it takes a second; for quick ones it stays open.
+        """
+        try:
+            return self.next_located(finder)
+        finally:
+            if release:
+                finder.close()
 
     def next_located(self, association: SourceAssociation) -> Study | None:
         """Claim the project's next study waiting for this source and C-FIND it there.
