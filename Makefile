@@ -6,6 +6,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# pytest-xdist workers for `make test`. The integration tests mostly wait on servers, so
+# two workers halve the suite on a 2-core machine; each starts its own servers.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench system-deps clean
 
@@ -24,7 +27,7 @@ system-deps:
 test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python -m bench.deidentify

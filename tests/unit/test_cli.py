@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
+from deployments import cli
 from deployments.cli import app
 
 runner = CliRunner()
@@ -193,7 +194,9 @@ def test_status_without_flags_finds_the_demo_and_lists_studies_masked(tmp_path, 
     folder = _demo_layout(tmp_path)
     _ledger_with_outcomes(folder)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "160")
+    # The console read its width when the CLI was imported (80 where COLUMNS was then
+    # unset, as in a pytest-xdist worker); a wide one keeps each study on one line.
+    monkeypatch.setattr(cli.console, "width", 160)
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 0, result.output
     assert "sandbox-demo" in result.output
