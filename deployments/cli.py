@@ -736,6 +736,10 @@ def serve(
             "`pacsflow demo` leaves them (e.g. .pacsflow/demo)."
         ),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(help="Take over deployments registered on a work pool by `deploy`."),
+    ] = False,
 ) -> None:
     """Serve the extract-project deployment: trigger runs from the Prefect UI."""
     try:
@@ -748,12 +752,19 @@ def serve(
         # The served runs start elsewhere: hand them the file's absolute path.
         project = str(_project_file(project, _site_path(config)).resolve())
     server = _connect(verbose=True)
-    hosted = _host_sandbox(sandbox) if sandbox is not None else []
-    console.print(f"Serving extract-project; trigger runs at {server.ui_url}/deployments")
-    from deployments.serve import serve_deployments
+    from deployments.registrations import RegistrationConflict
+    from deployments.serve import serve_deployments, served_deployments
 
     try:
-        serve_deployments(project, manifest, cron, site=site_name, timezone=timezone)
+        deployments = served_deployments(
+            project, manifest, cron, site=site_name, timezone=timezone, replace=replace
+        )
+    except RegistrationConflict as exc:
+        raise _fail_input(str(exc)) from None
+    hosted = _host_sandbox(sandbox) if sandbox is not None else []
+    console.print(f"Serving extract-project; trigger runs at {server.ui_url}/deployments")
+    try:
+        serve_deployments(deployments)
     finally:
         for running in hosted:
             running.stop()
@@ -791,6 +802,10 @@ def _host_sandbox(folder: Path) -> list:
 def deploy(
     pool: Annotated[str, typer.Option(help="Process work pool to create or use.")] = "pacsflow",
     site_name: SiteOption = DEFAULT_SITE,
+    replace: Annotated[
+        bool,
+        typer.Option(help="Take over deployments a running `pacsflow serve` serves."),
+    ] = False,
 ) -> None:
     """Register extract-project, check-project and process-studies on a process work pool.
 
@@ -799,9 +814,14 @@ def deploy(
     Runs use the site block --site names unless the run form gives another.
     """
     server = _connect(verbose=True)
+    from deployments.registrations import RegistrationConflict
     from deployments.serve import deploy_to_pool
 
-    for name in deploy_to_pool(pool, site=site_name):
+    try:
+        names = deploy_to_pool(pool, site=site_name, replace=replace)
+    except RegistrationConflict as exc:
+        raise _fail_input(str(exc)) from None
+    for name in names:
         console.print(f"Deployed {name} on work pool {pool!r} (site {site_name!r})")
     console.print(
         f"Start workers with: prefect worker start --pool {pool}\n"

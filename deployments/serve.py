@@ -26,6 +26,13 @@ from prefect.schedules import Cron
 from blocks.projects import known_projects
 from deployments.crashes import enable_heartbeats, heartbeat_env
 from deployments.form import form_schema, refresh_forms
+from deployments.registrations import (
+    RegistrationConflict,
+    delete_registrations,
+    describe,
+    live_served_registrations,
+    pool_registrations,
+)
 from flows.check import check_project
 from flows.extract import CHUNK_DEPLOYMENT, extract_project
 from flows.process import process_studies
@@ -97,23 +104,49 @@ def _slug(text: str) -> str:
     return Path(text).stem.lower().replace("_", "-")
 
 
-def serve_deployments(
+def served_deployments(
     project: str | None = None,
     manifest: str | None = None,
     cron: str | None = None,
     site: str | None = None,
     timezone: str = "UTC",
-) -> None:
+    replace: bool = False,
+) -> list:
+    """The deployments ``pacsflow serve`` serves, cleared to be served here.
+
+    Raises :class:`RegistrationConflict` when one of their names is registered on a work
+    pool, unless ``replace``: then that registration is deleted and this one takes over.
+    """
     deployments = [build_deployment(site=site), build_chunk_deployment()]
     if cron:
         deployments.append(build_deployment(project, manifest, cron, site=site, timezone=timezone))
+    deployments.append(build_check_deployment(site))
+    on_pools = pool_registrations([d.full_name for d in deployments])
+    if on_pools and not replace:
+        raise RegistrationConflict(
+            f"{describe(on_pools)} already run on a work pool (`pacsflow deploy`); served "
+            "too, their runs would crash. Run `prefect worker start --pool POOL` for them "
+            "instead, or `pacsflow serve --replace` to delete the pool registration and "
+            "serve them here."
+        )
+    delete_registrations(on_pools)
+    return deployments
+
+
+def serve_deployments(deployments: list) -> None:
+    """Serve ``deployments`` (from :func:`served_deployments`) until this process stops."""
     enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
-    serve(*deployments, build_check_deployment(site))
+    serve(*deployments)
 
 
-def deploy_to_pool(pool: str, source: Path = SOURCE, site: str | None = None) -> list[str]:
+def deploy_to_pool(
+    pool: str, source: Path = SOURCE, site: str | None = None, replace: bool = False
+) -> list[str]:
     """Create the process work pool ``pool`` if needed and register the deployments on it.
 
+    Raises :class:`RegistrationConflict` when a ``pacsflow serve`` process serves one of
+    their names now, unless ``replace``: then those are registered anew, and that process
+    no longer gets their runs.
     Returns the deployment names. Workers (``prefect worker start --pool POOL``) run the
     flows from ``source``, which must hold this code on every machine that runs a worker.
     ``site`` names the site block extract-project and check-project runs use by default
@@ -124,15 +157,26 @@ def deploy_to_pool(pool: str, source: Path = SOURCE, site: str | None = None) ->
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-    names = []
     defaults = {"site": site or "default"}
-    for flow_, name, entrypoint, parameters in (
+    registering = (
         (extract_project, DEPLOYMENT, "flows/extract.py:extract_project", defaults),
         (check_project, CHECK, "flows/check.py:check_project", defaults),
         (process_studies, CHUNKS, "flows/process.py:process_studies", {}),
-    ):
+    )
+    served = live_served_registrations([f"{f.name}/{name}" for f, name, _, _ in registering])
+    if served and not replace:
+        raise RegistrationConflict(
+            f"{describe(served)} are being served by a running `pacsflow serve`; on a pool "
+            "too, their runs would go to both. Stop that process first, or "
+            "`pacsflow deploy --replace` to move them to the pool."
+        )
+    # Deleted, not updated: the serve process polls by deployment id, and a new id is
+    # what stops it taking the pool's runs.
+    delete_registrations(served)
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    names = []
+    for flow_, name, entrypoint, parameters in registering:
         deployed = flow_.from_source(source=str(source), entrypoint=entrypoint)
         deployed.deploy(
             name=name,

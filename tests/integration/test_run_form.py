@@ -3,8 +3,10 @@ create a run of the served deployment with form parameters, and watch it complet
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -83,3 +85,70 @@ def test_a_pull_started_from_the_form_picks_the_project_from_a_list_and_complete
     exported = list(Path(site_config.destinations["local"].path).glob(f"{slug}/*/*"))
     found = sum(n for place, n in site.expected.items() if place != "neither")
     assert len(exported) == found
+
+
+def _deployment_on(client, pool: str | None, timeout: float = 90):
+    """extract-project once the server has it registered on ``pool`` (None: served)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # not registered (that way) yet
+            deployment = client.read_deployment_by_name("extract-project/extract-project")
+            if deployment.work_pool_name == pool:
+                return deployment
+        time.sleep(1)
+    pytest.fail(f"extract-project never registered on {pool or 'the serve process'}")
+
+
+def test_serve_after_deploy_to_a_pool_refuses_then_replaces_and_its_runs_complete(
+    sandbox_factory, prefect_api, tmp_path
+):
+    """Served runs of a deployment the server still had on a pool crashed (pull steps)."""
+    from prefect.client.orchestration import get_client
+
+    site = sandbox_factory(n_studies=4)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "200"}
+    subprocess.run([PACSFLOW, "configure", str(site.config_path)], env=env, check=True, timeout=120)
+    pool = f"pacsflow-{secrets.token_hex(3)}"
+    deploy = [PACSFLOW, "deploy", "--pool", pool]
+    subprocess.run(deploy + ["--replace"], env=env, check=True, timeout=120, capture_output=True)
+
+    refused = subprocess.run(
+        [PACSFLOW, "serve"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"work pool {pool!r}" in refused.stdout and "--replace" in refused.stdout
+    with get_client(sync_client=True) as client:
+        assert _deployment_on(client, pool, timeout=5).pull_steps  # left as it was
+
+    log = (tmp_path / "serve.log").open("w")
+    serving = subprocess.Popen(
+        [PACSFLOW, "serve", "--replace"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = _deployment_on(client, None)
+            assert not deployment.pull_steps
+            parameters = {"project": "sandbox-demo", "manifest": str(site.manifest_path)}
+            run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+            finished = wait_final(client, run.id)
+            assert finished.state.is_completed(), finished.state.message
+            # And the other way: a pool would share the live serve process's runs.
+            again = subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=120)
+            assert again.returncode == 2, again.stdout + again.stderr
+            assert "(served)" in again.stdout and "deploy --replace" in again.stdout
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        try:
+            serving.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(serving.pid, signal.SIGKILL)
+            serving.wait()
+        log.close()
+    exported = list(
+        Path(load_site_config(site.config_path).destinations["local"].path).glob("*/*/*")
+    )
+    assert len(exported) == sum(n for place, n in site.expected.items() if place != "neither")

@@ -170,7 +170,7 @@ def pool(scenario, prefect_api):
 
     save_site(scenario["site"])
     name = f"pacsflow-test-{secrets.token_hex(3)}"
-    deployments = deploy_to_pool(name)
+    deployments = deploy_to_pool(name, replace=True)  # an earlier test may have served them
     workers = []
     try:
         for i in range(2):
@@ -280,7 +280,7 @@ def test_a_run_whose_workers_die_becomes_crashed_and_a_new_run_finishes_the_pull
     assert ensure_crash_automation() == "unchanged"  # configure runs it every time
     save_site(scenario["site"])
     pool = f"pacsflow-crash-{secrets.token_hex(3)}"
-    deployments = deploy_to_pool(pool)
+    deployments = deploy_to_pool(pool, replace=True)  # an earlier test may have served them
     scenario["primary"].delay = 2.0  # slow enough to be killed mid-pull
     project, manifest = scenario["files"]["alpha"]
     parameters = {"project": str(project), "manifest": str(manifest)}
