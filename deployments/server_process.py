@@ -13,11 +13,18 @@ client would send the very same request again anyway: a 503 is Prefect's answer 
 error its client may retry (the transaction rolled back), so replaying it earlier
 changes nothing but the wait. PostgreSQL-backed servers (the production path) rarely
 answer 503; they run Prefect's server as it is.
+
+It also tells the UI where its API is. ``prefect server start --port N`` serves the UI a
+page that calls ``PREFECT_SERVER_UI_API_URL``, whose default is built from
+``PREFECT_SERVER_API_PORT`` (4200), not from ``--port``: a local server on a free port
+showed a UI that talked to whatever answered on 4200, another checkout's server included.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
@@ -115,8 +122,20 @@ def _wrap_prefect_app() -> None:
     server.create_app = create_app_retrying_while_busy
 
 
+def _point_ui_at_this_server(argv: list[str]) -> None:
+    """Give the UI this server's API URL, unless the user chose one (before Prefect loads
+    its settings)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", default="4200")
+    known, _ = parser.parse_known_args(argv)
+    if not (os.environ.get("PREFECT_SERVER_UI_API_URL") or os.environ.get("PREFECT_UI_API_URL")):
+        os.environ["PREFECT_SERVER_UI_API_URL"] = f"http://{known.host}:{known.port}/api"
+
+
 def main(argv: list[str]) -> int:
     """``prefect server start`` with ``argv``, its app wrapped (see the module's docstring)."""
+    _point_ui_at_this_server(argv)
     _wrap_prefect_app()
     from prefect.cli import app
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real servers the integration tests run against (Debian packages):
 # Orthanc + DICOMweb (primary, secondary PACS), dcmtk and dicom3tools (validity checks),
-# PostgreSQL (ledger, Prefect DB), Tesseract (OCR for the pixel PHI policy).
+# PostgreSQL (ledger, Prefect DB), Tesseract (OCR for the pixel PHI policy), Chromium and
+# its driver (the test that uses the Prefect UI's run form as a user does).
 # Does nothing when they are present; needs root or sudo when they are not.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc
 [ -x /usr/bin/dciodvfy ] || need+=(dicom3tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/tesseract ] || need+=(tesseract-ocr)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 ((${#need[@]})) || exit 0
 
 echo "Installing system packages: ${need[*]}"

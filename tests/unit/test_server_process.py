@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from deployments.server_process import RetryWhileBusy
 
@@ -83,3 +84,17 @@ def test_other_answers_pass_through_untouched():
         {"type": "http.response.body", "body": b"ok"},
     ]
     assert error is None
+
+
+def test_the_ui_is_pointed_at_the_port_the_server_listens_on(monkeypatch):
+    """Prefect's UI otherwise calls the API on 4200, another checkout's server perhaps."""
+    from deployments.server_process import _point_ui_at_this_server
+
+    for name in ("PREFECT_SERVER_UI_API_URL", "PREFECT_UI_API_URL"):
+        monkeypatch.setenv(name, "")  # unset, and restored after the test
+    _point_ui_at_this_server(["--host", "127.0.0.1", "--port", "43117"])
+    assert os.environ["PREFECT_SERVER_UI_API_URL"] == "http://127.0.0.1:43117/api"
+
+    monkeypatch.setenv("PREFECT_SERVER_UI_API_URL", "https://prefect.example.org/api")
+    _point_ui_at_this_server(["--host", "127.0.0.1", "--port", "43118"])
+    assert os.environ["PREFECT_SERVER_UI_API_URL"] == "https://prefect.example.org/api"
