@@ -1,14 +1,18 @@
 """Flow run names that tell runs apart: project, date and a short id.
 
-Prefect names a run it creates with two random words (``crimson-fox``) unless the user
-typed a name in the run form. A random name is replaced by ``<project>-<date>-<id>``; a
-typed one is kept, so "rerun after the profile fix" stays findable.
+Prefect names a run it creates with two random words (``crimson-fox``), and the UI's run
+form fills in a random name of its own (``omega118-broglie-a``: a Greek letter, often
+with a number, then one or two words) that the user may overwrite. A random name is
+replaced by ``<project>-<date>-<id>``; a typed one is kept, so "rerun after the profile
+fix" stays findable. A typed name shaped like the UI's (``beta-cohort``) is renamed too:
+the form gives no other sign of which it was.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -27,9 +31,19 @@ def _generated_animals() -> frozenset[str]:
         return frozenset()
 
 
+#: The UI's run form names: ``<greek letter><digits?>-<word>[-<word>]`` (its word lists
+#: are in the Prefect UI bundle; some words hold a hyphen).
+_UI_NAME = re.compile(
+    r"(alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi"
+    r"|rho|sigma|tau|upsilon|phi|chi|psi|omega)\d*(-[a-z]+){1,3}"
+)
+
+
 def is_generated(name: str | None) -> bool:
-    """True for a name Prefect made up (``adjective-animal``), False for a typed one."""
+    """True for a name Prefect or its UI made up, False for a typed one."""
     if not name:
+        return True
+    if _UI_NAME.fullmatch(name):
         return True
     words = name.split("-")
     if len(words) != 2 or not all(w.isalpha() and w.islower() for w in words):

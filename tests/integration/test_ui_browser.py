@@ -148,6 +148,10 @@ def test_a_pull_started_in_the_browser_form_picks_the_project_from_the_list(
             assert runs[0].parameters["manifest"] == str(site.manifest_path)
             finished = wait_final(client, runs[0].id)
     assert finished.state.is_completed(), finished.state.message
+    # The form filled in a random name; the run is named for its project and day instead.
+    assert finished.name.startswith(
+        f"sandbox-demo-{dt.datetime.now(dt.UTC).date().isoformat()}-"
+    ), finished.name
     exported = list(
         Path(load_site_config(site.config_path).destinations["local"].path).glob("*/*/*")
     )

@@ -50,3 +50,11 @@ def test_prefects_made_up_names_are_replaced_and_typed_ones_kept() -> None:
         "rerun-after-the-profile-fix"
     )
     assert not is_generated("Second pull")
+
+
+def test_the_names_the_ui_form_fills_in_are_replaced_too() -> None:
+    """Names the Prefect UI's run form filled in, seen in tests/integration/test_ui_browser.py."""
+    for name in ("omega118-broglie-a", "epsilon150-heisenberg-m", "iota5-qumarkaj"):
+        assert is_generated(name), name
+    for typed in ("lung-ct-rerun", "omega", "Sigma2-pull", "alpha2_rerun", "rerun-alpha2-x"):
+        assert not is_generated(typed), typed
