@@ -306,6 +306,13 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(
     )
     # 1: a study failed and two ambiguous rows need a person's decision.
     assert extract.returncode == 1, extract.stdout[-3000:] + extract.stderr[-3000:]
+    # The pre-flight check's flow (its lanes, counts and artifact) is searched too.
+    check = subprocess.run(
+        [PACSFLOW, "check", "--config", str(sandbox.config_path)]
+        + ["--project", str(sandbox.project_path), "--manifest", str(sandbox.manifest_path)],
+        **run,
+    )
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     _wait_until_recorded(database)
 
     site = load_site_config(sandbox.config_path)
@@ -354,6 +361,7 @@ def test_nothing_prefect_keeps_holds_a_patient_identifier(
     everything = "\n".join(t for rows_ in tables.values() for t in rows_)
     assert any("process-sandbox-demo-0" in t for t in tables["flow_run"])
     assert any("sandbox-demo-stage-times" in t for t in tables["artifact"])
+    assert any("sandbox-demo-check" in t for t in tables["artifact"])  # the check ran
     assert tables["log"] and tables["events"] and tables["variable"]
     assert any(site.sources["primary"].ae_title.lower() in b for b in blocks)
     assert any(p in "\n".join(files.values()) for p in pseudonyms), "no cache record read"
