@@ -30,7 +30,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
@@ -521,12 +521,34 @@ class SandboxPacs:
         event.assoc.acse.send_reject(*_OFFLINE_REJECT)
         event.assoc.kill()
 
+    def _recorded_until_last(
+        self, kind: OperationKind, query: Dataset, produce: Callable[[dict[str, int]], Iterator]
+    ) -> Iterator:
+        """``produce(counts)``'s responses, the operation recorded before the last one.
+
+        pynetdicom sends the final response before it resumes the handler, so a record
+        made after it could still be missing when the requester, holding its answer,
+        reads :attr:`activity` (seen on a loaded machine).
+        """
+        with self._record(kind, query) as counts:
+            responses = produce(counts)
+            try:
+                last = next(responses)
+            except StopIteration:
+                return
+            for response in responses:
+                yield last
+                last = response
+        yield last
+
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        with self._record(OperationKind.FIND, event.identifier) as counts:
+        def counted(counts: dict[str, int]) -> Iterator[tuple[int, Dataset | None]]:
             for status, identifier in self._find(event):
                 if status == STATUS_PENDING:
                     counts["instances"] += 1
                 yield status, identifier
+
+        return self._recorded_until_last(OperationKind.FIND, event.identifier, counted)
 
     def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         query = event.identifier
@@ -544,8 +566,9 @@ class SandboxPacs:
         yield STATUS_SUCCESS, None
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
-        with self._record(OperationKind.MOVE, event.identifier) as counts:
-            yield from self._move(event, counts)
+        return self._recorded_until_last(
+            OperationKind.MOVE, event.identifier, lambda counts: self._move(event, counts)
+        )
 
     def _move(self, event: evt.Event, counts: dict[str, int]) -> Iterator[Any]:
         # pynetdicom's protocol: destination first, then the number of sub-operations,
@@ -573,12 +596,14 @@ class SandboxPacs:
         yield from self._send(event, entries)
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
-        with self._record(OperationKind.GET, event.identifier) as counts:
+        def get(counts: dict[str, int]) -> Iterator[Any]:
             entries = self._after_drops(self._retrieve_entries(event.identifier) or [])
             counts["instances"] = len(entries)
             self._wait_retrieve_delay()
             yield len(entries)
             yield from self._send(event, entries)
+
+        return self._recorded_until_last(OperationKind.GET, event.identifier, get)
 
     def _send(self, event: evt.Event, entries: list[_Entry]) -> Iterator[Any]:
         for entry in entries:
