@@ -7,9 +7,7 @@ import contextlib
 import datetime as dt
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +15,9 @@ import pytest
 
 from pacsflow.config import load_site_config
 from tests.prefect_records import wait_final
+from tests.serving import PACSFLOW, registered_deployment, start_serving, stop_serving
 
 pytestmark = pytest.mark.integration
-
-PACSFLOW = str(Path(sys.executable).parent / "pacsflow")
 
 
 @pytest.fixture
@@ -30,29 +27,12 @@ def served(sandbox_factory, prefect_api, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     subprocess.run([PACSFLOW, "configure", str(site.config_path)], env=env, check=True, timeout=120)
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [PACSFLOW, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    process = start_serving(env, log)
     try:
         yield site
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_serving(process)
         log.close()
-
-
-def _deployment(client, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return client.read_deployment_by_name("extract-project/extract-project")
-        except Exception:  # not registered yet
-            time.sleep(1)
-    pytest.fail("pacsflow serve never registered extract-project")
 
 
 def test_a_pull_started_from_the_form_picks_the_project_from_a_list_and_completes(served):
@@ -61,7 +41,7 @@ def test_a_pull_started_from_the_form_picks_the_project_from_a_list_and_complete
     site = served
     slug = "sandbox-demo"
     with get_client(sync_client=True) as client:
-        deployment = _deployment(client)
+        deployment = registered_deployment(client)
         form = deployment.parameter_openapi_schema["properties"]
         choices = form["project"]["anyOf"]
         assert slug in choices[0]["enum"]  # the list the form offers
@@ -121,13 +101,7 @@ def test_serve_after_deploy_to_a_pool_refuses_then_replaces_and_its_runs_complet
         assert _deployment_on(client, pool, timeout=5).pull_steps  # left as it was
 
     log = (tmp_path / "serve.log").open("w")
-    serving = subprocess.Popen(
-        [PACSFLOW, "serve", "--replace"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serving = start_serving(env, log, "--replace")
     try:
         with get_client(sync_client=True) as client:
             deployment = _deployment_on(client, None)
@@ -141,12 +115,7 @@ def test_serve_after_deploy_to_a_pool_refuses_then_replaces_and_its_runs_complet
             assert again.returncode == 2, again.stdout + again.stderr
             assert "(served)" in again.stdout and "deploy --replace" in again.stdout
     finally:
-        os.killpg(serving.pid, signal.SIGTERM)
-        try:
-            serving.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(serving.pid, signal.SIGKILL)
-            serving.wait()
+        stop_serving(serving)
         log.close()
     exported = list(
         Path(load_site_config(site.config_path).destinations["local"].path).glob("*/*/*")

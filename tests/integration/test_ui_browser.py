@@ -11,10 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +21,10 @@ from pacsflow.config import load_site_config
 from tests.integration.conftest import require
 from tests.prefect_records import wait_final
 from tests.servers import start_prefect_server
+from tests.serving import PACSFLOW, registered_deployment, start_serving, stop_serving
 
 pytestmark = pytest.mark.integration
 
-PACSFLOW = str(Path(sys.executable).parent / "pacsflow")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 UI_ON = {"PREFECT_SERVER_UI_ENABLED": "true", "PREFECT_UI_ENABLED": "true"}
@@ -78,34 +75,13 @@ def served_with_ui(sandbox_factory, tmp_path) -> Iterator[tuple]:
             timeout=120,
             capture_output=True,
         )
-        serving = subprocess.Popen(
-            [PACSFLOW, "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        serving = start_serving(env, log)
         yield server, site
     finally:
         if serving is not None:
-            os.killpg(serving.pid, signal.SIGTERM)
-            try:
-                serving.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(serving.pid, signal.SIGKILL)
-                serving.wait()
+            stop_serving(serving)
         log.close()
         server.stop()
-
-
-def _registered(client, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return client.read_deployment_by_name("extract-project/extract-project")
-        except Exception:  # not registered yet
-            time.sleep(1)
-    pytest.fail("pacsflow serve never registered extract-project")
 
 
 def test_a_pull_started_in_the_browser_form_picks_the_project_from_the_list(
@@ -120,7 +96,7 @@ def test_a_pull_started_in_the_browser_form_picks_the_project_from_the_list(
     server, site = served_with_ui
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         with get_client(sync_client=True) as client:
-            deployment = _registered(client)
+            deployment = registered_deployment(client)
         ui = server.api_url.removesuffix("/api")
         submitted_after = dt.datetime.now(dt.UTC)
         browser.get(f"{ui}/deployments/deployment/{deployment.id}/run")
