@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from uuid import UUID
 
 #: A served deployment polled within this long has a live serve process: its runner asks
 #: for runs every 10 s (``PREFECT_RUNNER_POLL_FREQUENCY``).
@@ -27,6 +28,7 @@ class Registration:
     """How the server runs one deployment now."""
 
     name: str  # "flow/deployment"
+    id: UUID
     pool: str | None  # None: served (by `pacsflow serve` or another runner)
     polled: bool  # a serve process polled it within LIVE_POLL_SECONDS
 
@@ -47,6 +49,7 @@ def current_registrations(names: list[str]) -> list[Registration]:
             found.append(
                 Registration(
                     name=name,
+                    id=deployment.id,
                     pool=deployment.work_pool_name,
                     polled=deployment.last_polled is not None and deployment.last_polled > recent,
                 )
@@ -66,12 +69,13 @@ def live_served_registrations(names: list[str]) -> list[Registration]:
 
 def delete_registrations(registrations: list[Registration]) -> None:
     """Delete these deployments (their past flow runs stay on the server)."""
+    if not registrations:
+        return
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         for registration in registrations:
-            deployment = client.read_deployment_by_name(registration.name)
-            client.delete_deployment(deployment.id)
+            client.delete_deployment(registration.id)
 
 
 def describe(registrations: list[Registration]) -> str:

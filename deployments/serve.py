@@ -21,6 +21,7 @@ import contextlib
 from pathlib import Path
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from blocks.projects import known_projects
@@ -111,7 +112,7 @@ def served_deployments(
     site: str | None = None,
     timezone: str = "UTC",
     replace: bool = False,
-) -> list:
+) -> list[RunnerDeployment]:
     """The deployments ``pacsflow serve`` serves, cleared to be served here.
 
     Raises :class:`RegistrationConflict` when one of their names is registered on a work
@@ -133,7 +134,7 @@ def served_deployments(
     return deployments
 
 
-def serve_deployments(deployments: list) -> None:
+def serve_deployments(deployments: list[RunnerDeployment]) -> None:
     """Serve ``deployments`` (from :func:`served_deployments`) until this process stops."""
     enable_heartbeats()  # the runs it starts inherit it, so a killed one becomes Crashed
     serve(*deployments)
