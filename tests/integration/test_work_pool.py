@@ -7,79 +7,31 @@ run as deployment runs on the pool. The sources count what they have in flight.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import os
 import secrets
-import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 
 from pacsflow.config import load_site_config
 from pacsflow.ledger import Study, make_engine, migrate, session_factory
-from pacsflow.sandbox import SandboxPacs, make_patients, make_study
-from tests.servers import descendants, free_port, start_prefect_worker
+from pacsflow.sandbox import make_patients
+from tests.servers import free_port, start_prefect_worker
+from tests.work_pool import (
+    CountingPacs,
+    delete_deployments,
+    kill_machine,
+    study_of,
+    write_project,
+    write_site,
+)
 
 pytestmark = pytest.mark.integration
 
 LIMITS = {"primary": 2, "secondary": 1}
 PROJECTS = ("alpha", "beta", "gamma")
-
-
-class CountingPacs(SandboxPacs):
-    """A sandbox PACS that is slow to retrieve (a busy archive) and counts retrievals and
-    queries in flight, as the source itself sees them."""
-
-    def __init__(self, *args, delay: float = 0.2, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.delay = delay
-        self.in_flight = Counter()  # "retrieve" (C-MOVE, C-GET) and "find"
-        self.most_in_flight = Counter()
-        self.operations = Counter()
-        self._count = threading.Lock()
-
-    def _counted(self, kind, group, handler_result):
-        with self._count:
-            self.in_flight[group] += 1
-            self.operations[kind] += 1
-            self.most_in_flight[group] = max(self.most_in_flight[group], self.in_flight[group])
-        try:
-            yield from handler_result
-        finally:
-            with self._count:
-                self.in_flight[group] -= 1
-
-    def _on_find(self, event):
-        return self._counted("find", "find", super()._on_find(event))
-
-    def _on_move(self, event):
-        return self._counted("move", "retrieve", super()._on_move(event))
-
-    def _on_get(self, event):
-        return self._counted("get", "retrieve", super()._on_get(event))
-
-    def _send(self, event, entries):
-        time.sleep(self.delay)
-        yield from super()._send(event, entries)
-
-
-def _study(patient, accession: str, n_instances: int = 2):
-    return make_study(
-        mrn=patient.mrn,
-        accession=accession,
-        study_date=dt.date(2021, 5, 4),
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
-        n_series=1,
-        n_instances=n_instances,
-    )
 
 
 @pytest.fixture
@@ -88,69 +40,35 @@ def scenario(tmp_path: Path, ledger_url: str):
     primary = CountingPacs("PRIMARY", 0, tmp_path / "primary")
     secondary = CountingPacs("SECONDARY", 0, tmp_path / "secondary")
     patients = iter(make_patients(40, seed=7))
-    shared = _study(next(patients), "SHARED01", n_instances=3)
+    shared = study_of(next(patients), "SHARED01", n_instances=3)
     primary.add_datasets(shared)
-    manifests: dict[str, list[dict]] = {}
+    rows: dict[str, list] = {}
     expected: dict[str, Counter] = {}
     for name in PROJECTS:
-        rows, counts = [], Counter()
+        rows[name], counts = [], Counter()
         for i in range(8):
-            study = _study(next(patients), f"{name[:2].upper()}{i:04d}")
-            where = "secondary" if i % 4 == 3 else "primary"
-            (secondary if where == "secondary" else primary).add_datasets(study)
-            rows.append(study[0])
+            study = study_of(next(patients), f"{name[:2].upper()}{i:04d}")
+            (secondary if i % 4 == 3 else primary).add_datasets(study)
+            rows[name].append(study[0])
             counts["exported"] += 1
-        rows.append(_study(next(patients), f"{name[:2].upper()}MISS")[0])  # nowhere
+        rows[name].append(study_of(next(patients), f"{name[:2].upper()}MISS")[0])  # nowhere
         counts["not_found"] += 1
         if name in ("alpha", "beta"):
-            rows.append(shared[0])
+            rows[name].append(shared[0])
             counts["exported"] += 1
-        manifests[name] = [
-            {
-                "mrn": ds.PatientID,
-                "accession_number": ds.AccessionNumber,
-                "study_date": "2021-05-04",
-            }
-            for ds in rows
-        ]
         expected[name] = counts
     primary.start()
     secondary.start()
     receiver_port = free_port()  # once the sandboxes hold their ports, so neither takes it
     primary.add_destination("PACSFLOW", "127.0.0.1", receiver_port)
-
-    site = {
-        "ledger": ledger_url,
-        "receiver": {"ae_title": "PACSFLOW", "host": "127.0.0.1", "port": receiver_port},
-        "staging": str(tmp_path / "staging"),
-        "sources": {
-            name: {
-                "ae_title": pacs.ae_title,
-                "host": "127.0.0.1",
-                "port": pacs.address[1],
-                "max_concurrent": LIMITS[name],
-                "retrieve": "move" if name == "primary" else "get",
-                "retry_delays": [0.5, 1.0],
-                "timeout": 20,
-            }
-            for name, pacs in (("primary", primary), ("secondary", secondary))
-        },
-        "destinations": {"out": {"type": "filesystem", "path": str(tmp_path / "export")}},
+    sources = {
+        name: (pacs, LIMITS[name])
+        for name, pacs in (("primary", primary), ("secondary", secondary))
     }
-    (tmp_path / "pacsflow.yaml").write_text(yaml.safe_dump(site))
-    files = {}
-    for name in PROJECTS:
-        project = {"name": name, "sources": ["primary", "secondary"], "destination": "out"}
-        path = tmp_path / "projects" / f"{name}.yaml"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(yaml.safe_dump(project))
-        manifest = tmp_path / f"{name}.csv"
-        lines = ["mrn,accession_number,study_date"]
-        lines += [f"{r['mrn']},{r['accession_number']},{r['study_date']}" for r in manifests[name]]
-        manifest.write_text("\n".join(lines) + "\n")
-        files[name] = (path, manifest)
+    site_path = write_site(tmp_path, ledger_url, sources, receiver_port)
+    files = {name: write_project(tmp_path, name, rows[name]) for name in PROJECTS}
     yield {
-        "site": load_site_config(tmp_path / "pacsflow.yaml"),
+        "site": load_site_config(site_path),
         "files": files,
         "expected": expected,
         "primary": primary,
@@ -180,17 +98,7 @@ def pool(scenario, prefect_api):
     finally:
         for worker in workers:
             worker.stop()
-        _delete_deployments(deployments)
-
-
-def _delete_deployments(names: list[str]) -> None:
-    """Remove the pool's deployments: later tests serve deployments of the same names,
-    and a served deployment must not inherit this one's pool settings."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        for name in names:
-            client.delete_deployment(client.read_deployment_by_name(name).id)
+        delete_deployments(deployments)
 
 
 def _wait_final(client, run_ids, timeout: float = 420):
@@ -257,14 +165,6 @@ def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(sc
         assert all(ds.StudyInstanceUID == row.pseudo_study_uid != shared_uid for ds in instances)
 
 
-def _kill_machine(workers) -> None:
-    """SIGKILL every worker and every flow run it started, as when their machine dies."""
-    for worker in workers:
-        for pid in [*descendants(worker.pid), worker.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 def test_a_run_whose_workers_die_becomes_crashed_and_a_new_run_finishes_the_pull(
     scenario, prefect_api
 ):
@@ -300,7 +200,7 @@ def test_a_run_whose_workers_die_becomes_crashed_and_a_new_run_finishes_the_pull
             time.sleep(0.5)
         else:
             pytest.fail("the run never claimed a study")
-        _kill_machine(workers)
+        kill_machine(workers)
 
         with get_client(sync_client=True) as client:
             deadline = time.monotonic() + 240
@@ -320,7 +220,7 @@ def test_a_run_whose_workers_die_becomes_crashed_and_a_new_run_finishes_the_pull
         again = run_deployment("extract-project/extract-project", parameters=parameters)
     finally:
         rescuer.stop()
-        _delete_deployments(deployments)
+        delete_deployments(deployments)
     assert again.state.is_completed(), again.state
     with sessions() as session:
         rows = session.query(Study).filter(Study.project == "alpha").all()
