@@ -75,20 +75,35 @@ class Handoff:
         self.key = uuid.uuid4().hex
         self._queue: queue.Queue[int | None] = queue.Queue(maxsize=maxsize)
         self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._in_hand: set[int] = set()
         #: Where the lanes of this process's run time their steps.
         self.times = StageTimes()
 
     def put(self, study_id: int) -> None:
+        with self._lock:
+            self._in_hand.add(study_id)
         while not self._closed.is_set():
             try:
                 self._queue.put(study_id, timeout=0.5)
                 return
             except queue.Full:
                 continue
+        self.done(study_id)
         raise HandoffAbandoned("the run is ending on an error; its export lanes have stopped")
 
     def get(self) -> int | None:
         return self._queue.get()
+
+    def done(self, study_id: int) -> None:
+        """An export lane is finished with ``study_id``, whatever became of it."""
+        with self._lock:
+            self._in_hand.discard(study_id)
+
+    def in_hand(self) -> set[int]:
+        """Studies handed on and not yet done with: their claims are the export lanes'."""
+        with self._lock:
+            return set(self._in_hand)
 
     def close(self, consumers: int) -> None:
         """No more studies: each export lane gets its end-of-work marker."""
@@ -454,4 +469,5 @@ def _export(
                     "exported_instances": done.exported_instances,
                 },
             )
+        queue_.done(study_id)
         counts[status] += 1

@@ -34,6 +34,10 @@ from pacsflow.windows import next_opening
 
 #: How often the dispatcher looks at the ledger for studies waiting for a source.
 POLL_SECONDS = 0.2
+#: How often a run gives back, and works on again, studies its failed lanes held. A lane
+#: fails on what the study's own retries do not cover (the ledger cut off mid-query);
+#: past this the studies are given back for the next pull only by their leases.
+ORPHAN_ROUNDS = 3
 #: Export lanes per process: de-identification is CPU-bound, and on 2 cores more threads
 #: only contend for the GIL.
 EXPORT_LANES = 2
@@ -130,6 +134,7 @@ def process_studies(
     progress = Progress(ws, project.name, pull, total, chunk)
     max_wait = dt.timedelta(hours=project.max_wait_hours)
     waits: list[WindowWait] = []
+    orphan_rounds = 0
     try:
         while True:
             for name, futures in running.items():
@@ -175,6 +180,15 @@ def process_studies(
                     running[name].append(lane)
             progress.update(waits=waits)
             if not any(running.values()) and not ready:
+                if orphan_rounds < ORPHAN_ROUNDS:
+                    with ws.sessions() as session:
+                        orphans = claims.release_orphans(
+                            session, ws.owner, project.name, pull, keep=handoff.in_hand()
+                        )
+                    if orphans:  # claimable again: lanes start on them
+                        orphan_rounds += 1
+                        logger.warning("%s studies held by failed lanes are free again", orphans)
+                        continue
                 with ws.sessions() as session:
                     deferred = claims.next_deferred(session, project.name)
                     # Counted again after it: a delay that ran out since the count above

@@ -17,7 +17,7 @@ pull (``pull`` records who tried); the next pull picks it up.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from sqlalchemy import and_, case, func, not_, or_, select, update
 from sqlalchemy.orm import Session
@@ -180,6 +180,32 @@ def release(session: Session, owner: str) -> int:
     result = session.execute(
         update(Study)
         .where(Study.claimed_by == owner, Study.status.notin_([s.value for s in FINAL]))
+        .values(claimed_by=None, claim_expires=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount
+
+
+def release_orphans(
+    session: Session, owner: str, project: str, pull: str, keep: Collection[int] = ()
+) -> int:
+    """Give back the studies of ``pull`` that ``owner`` holds, except ``keep``; how many.
+
+    For a run with no retrieval lane left: a claim it still holds, other than a study its
+    export lanes have in hand, belongs to a lane that failed. That lane cannot give it
+    back (a ledger cut off mid-claim may commit the claim and lose the answer), and the
+    run's own lease renewals would keep it held for as long as the process lives.
+    """
+    result = session.execute(
+        update(Study)
+        .where(
+            Study.claimed_by == owner,
+            Study.project == project,
+            Study.pull == pull,
+            Study.status.notin_([s.value for s in FINAL]),
+            Study.id.notin_(list(keep)),
+        )
         .values(claimed_by=None, claim_expires=None)
         .execution_options(synchronize_session=False)
     )

@@ -146,6 +146,27 @@ def test_studies_of_a_gone_process_are_released_at_once(sessions) -> None:
         assert claims.claimable_counts(session, PROJECT, "p") == {0: 1}
 
 
+def test_a_runs_orphaned_claims_are_given_back_but_not_what_its_export_lanes_hold(
+    sessions,
+) -> None:
+    """A lane cut off mid-claim leaves its study held by a live process, whose lease
+    renewals would keep it held; the run gives back all of its own claims but those of
+    studies in hand, and nobody else's."""
+    ingest(sessions, 5)
+    with sessions() as session:
+        mine = [claims.claim_next(session, PROJECT, 0, "me", "p").id for _ in range(3)]
+        other_pull = claims.claim_next(session, PROJECT, 0, "me", "p2").id
+        other_owner = claims.claim_next(session, PROJECT, 0, "you", "p").id
+        repo.mark_exported(session, mine[0], 2)
+        released = claims.release_orphans(session, "me", PROJECT, "p", keep={mine[1]})
+        assert released == 1  # mine[2]; mine[0] is done and mine[1] in hand
+        held = {s.id: s.claimed_by for s in session.query(Study)}
+    assert held[mine[2]] is None and held[mine[1]] == "me"
+    assert held[other_pull] == "me" and held[other_owner] == "you"
+    with sessions() as session:
+        assert claims.claimable_counts(session, PROJECT, "p") == {0: 1}
+
+
 def test_this_process_is_alive_and_a_finished_one_is_gone() -> None:
     import subprocess
     import sys
