@@ -39,12 +39,14 @@ LABEL Phantom workstation screen capture
 """A project's own deid recipe: where the phantom screen captures carry their text."""
 
 
-def base_study(patient: FakePatient, accession: str, n: int) -> list[Dataset]:
+def base_study(
+    patient: FakePatient, accession: str, n: int, study_date: dt.date = dt.date(2024, 3, 5)
+) -> list[Dataset]:
     """``n`` CT instances of one series, with ``patient``'s identifiers in the header."""
     return make_study(
         mrn=patient.mrn,
         accession=accession,
-        study_date=dt.date(2024, 3, 5),
+        study_date=study_date,
         patient_name=patient.name,
         birth_date=patient.birth_date,
         sex=patient.sex,

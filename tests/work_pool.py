@@ -24,7 +24,8 @@ import pytest
 import yaml
 from pydicom import Dataset
 
-from pacsflow.sandbox import SandboxPacs, make_study
+from pacsflow.sandbox import SandboxPacs
+from tests.pixel_phantoms import base_study
 from tests.servers import descendants
 
 
@@ -107,18 +108,10 @@ class CountingPacs(SandboxPacs):
                 self._spring("transfer", event)
 
 
-def study_of(patient, accession: str, n_instances: int = 2):
-    """One sandbox study of ``patient`` under ``accession``, one series."""
-    return make_study(
-        mrn=patient.mrn,
-        accession=accession,
-        study_date=dt.date(2021, 5, 4),
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
-        n_series=1,
-        n_instances=n_instances,
-    )
+def study_of(patient, accession: str, n_instances: int = 2) -> list[Dataset]:
+    """One sandbox study of ``patient`` under ``accession``, one series, on the date the
+    manifests of :func:`write_project` give."""
+    return base_study(patient, accession, n_instances, study_date=dt.date(2021, 5, 4))
 
 
 def pid_at(peer: tuple[str, int], candidates: Iterable[int]) -> int:
