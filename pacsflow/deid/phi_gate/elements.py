@@ -6,6 +6,7 @@ Shared by the identifier collector (on the original) and the walk (on the output
 from __future__ import annotations
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -49,10 +50,27 @@ def is_bulk(tag: int) -> bool:
 
 def raw_vr(ds: Dataset, tag: int) -> str:
     """VR of an element without decoding it; "UN" when unknown (implicit VR, private)."""
-    vr = ds.get_item(tag).VR
+    vr = ds.get_item(tag, keep_deferred=True).VR  # a deferred value stays in its file
     if vr is None or vr == "UN":
         return dictionary_vr(tag)
     return vr
+
+
+def decoded(ds: Dataset, tag: int) -> DataElement:
+    """The element at ``tag`` decoded, as ``ds[tag]`` decodes it, but not stored in ``ds``.
+
+    Why not ``ds[tag]``: that replaces the raw element, which is then written re-encoded
+    instead of as the bytes it was read as. The collector reads original datasets that
+    are de-identified and written afterwards; what it looks at must leave them as read.
+    """
+    elem = ds.get_item(tag, keep_deferred=True)
+    if not isinstance(elem, RawDataElement) or elem.value is None:
+        return ds[tag]  # decoded already, or deferred or empty: pydicom's own path
+    if tag == 0x00080005:
+        charset: str | list[str] = "iso8859"  # Specific Character Set names the others
+    else:  # the choice Dataset.__getitem__ makes
+        charset = ds.original_character_set or ds._character_set
+    return convert_raw_data_element(elem, encoding=charset, ds=ds)
 
 
 def value_strings(value: object) -> list[str]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from pacsflow.deid.phi_gate.elements import is_bulk, raw_vr, tags, value_strings
+from pacsflow.deid.phi_gate.elements import decoded, is_bulk, raw_vr, tags, value_strings
 from pacsflow.deid.text import MIN_WORD_LENGTH, TOKEN, is_unspaced_script, normalize
 
 MIN_ID_LENGTH = 3
@@ -367,7 +367,7 @@ class IdentifierBuilder:
                 if seen in self._seen:
                     continue
                 self._seen.add(seen)
-            elem = ds[tag]  # decodes the raw element (and caches it in ds)
+            elem = decoded(ds, tag)  # ds itself stays as read
             if elem.VR == "SQ":
                 for item in elem.value or ():
                     self._collect(item)

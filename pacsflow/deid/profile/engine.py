@@ -60,7 +60,7 @@ def _hash_purpose(tag: int) -> str:
 
 def _vr_of(ds: Dataset, tag: int) -> str:
     """VR of an element without decoding its value (implicit VR files store none)."""
-    vr = ds.get_item(tag).VR
+    vr = ds.get_item(tag, keep_deferred=True).VR  # a deferred value stays in its file
     if vr is None or vr == "UN":
         # Implicit VR, or explicit UN written by a system that did not know the tag:
         # pydicom decodes it with the dictionary VR (config replace_un_with_known_vr).
