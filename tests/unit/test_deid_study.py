@@ -28,16 +28,9 @@ MRN = "MRN0000042"
 
 
 def _files(tmp_path: Path) -> list[Path]:
-    datasets = make_study(
-        mrn=MRN,
-        accession="ACC42",
-        study_date=dt.date(2022, 5, 6),
-        patient_name="NGUYEN^AN",
-        birth_date=dt.date(1961, 3, 12),
-        sex="F",
-        n_series=2,
-        n_instances=2,
-    )
+    patient = {"mrn": MRN, "patient_name": "NGUYEN^AN", "birth_date": dt.date(1961, 3, 12)}
+    study = {"accession": "ACC42", "study_date": dt.date(2022, 5, 6), "sex": "F"}
+    datasets = make_study(**patient, **study, n_series=2, n_instances=2)
     return write_study(datasets, tmp_path / "in")
 
 
