@@ -177,14 +177,7 @@ def pass_on(session: Session, study_id: int, owner: str, n_sources: int) -> Stud
 
 def release(session: Session, owner: str) -> int:
     """Give back every unfinished study ``owner`` holds (a run that stops early)."""
-    result = session.execute(
-        update(Study)
-        .where(Study.claimed_by == owner, Study.status.notin_([s.value for s in FINAL]))
-        .values(claimed_by=None, claim_expires=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return result.rowcount
+    return _release_held(session, owner)
 
 
 def release_orphans(
@@ -197,14 +190,23 @@ def release_orphans(
     back (a ledger cut off mid-claim may commit the claim and lose the answer), and the
     run's own lease renewals would keep it held for as long as the process lives.
     """
+    return _release_held(
+        session,
+        owner,
+        Study.project == project,
+        Study.pull == pull,
+        Study.id.notin_(list(keep)),
+    )
+
+
+def _release_held(session: Session, owner: str, *conditions) -> int:
+    """End ``owner``'s claims on its unfinished studies that meet ``conditions``."""
     result = session.execute(
         update(Study)
         .where(
             Study.claimed_by == owner,
-            Study.project == project,
-            Study.pull == pull,
             Study.status.notin_([s.value for s in FINAL]),
-            Study.id.notin_(list(keep)),
+            *conditions,
         )
         .values(claimed_by=None, claim_expires=None)
         .execution_options(synchronize_session=False)
