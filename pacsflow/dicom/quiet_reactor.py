@@ -8,9 +8,10 @@ of a core. The sandbox PACS accepts an association per lane (two with find-ahead
 receiver one per C-MOVE, so on a 2-core machine that polling took a large share of the
 CPU the transfers need.
 
-:func:`install` makes both loops of every *accepted* association (our C-MOVE receiver, the
-sandbox PACS and any SCP built on :func:`pacsflow.dicom.network.make_ae`) wait on what
-actually wakes them, with no added latency:
+:func:`install` makes both loops of every association (requested and accepted: our
+C-MOVE receiver, the sandbox PACS, every SCU and SCP built on
+:func:`pacsflow.dicom.network.make_ae`) wait on what actually wakes them, with no added
+latency:
 
 - a DUL thread waits in ``select`` on its socket and on a wake-up socket that is written
   when another thread queues a primitive for it to send, an event, or asks it to stop;
@@ -19,13 +20,10 @@ actually wakes them, with no added latency:
   ends, and that a thread sets when it asks the reactor to pause (before every request
   and release pynetdicom sends).
 
-Associations we *request* keep stock pynetdicom. Before each request the calling thread
-pauses the association's reactor and then reads a flag the reactor sets, which can still
-say "paused" from the last pause while the reactor resumes; a reactor that resumes after
-the answer has arrived takes it for itself ("Received unexpected C-FIND service message")
-and the request waits out its timeout. Stock polling makes that rare; quiet requestor
-threads made it happen under load (CI, sequential C-FINDs against dcmqrscp). An accepted
-association has no such caller: its handlers run on the reactor's own thread.
+A requested association also gets the pause handshake of
+:mod:`pacsflow.dicom.pause_handshake`. pynetdicom's own can let a late reactor take a
+request's answer; stock polling made that rare, quiet reactors (which resume later) made
+it common under load, so they come together.
 
 Both waits end after :data:`IDLE_WAIT` at most, so pynetdicom's timers (ARTIM, network
 idle timeout: seconds) still fire on time. Only those two sleeps are replaced: the stand-in
@@ -48,6 +46,8 @@ import threading
 import time
 from types import CodeType, ModuleType
 from typing import Any
+
+from pacsflow.dicom import pause_handshake
 
 LOGGER = logging.getLogger(__name__)
 
@@ -212,8 +212,9 @@ def install() -> bool:
     quiet = _quiet_dul_class(stock)
 
     def dul_for(assoc: Any) -> Any:
-        # Accepted associations only: see the module docstring for why requests keep stock.
-        return quiet(assoc) if assoc.is_acceptor else stock(assoc)
+        if assoc.is_requestor:  # before quiet threads, the handshake that makes them safe
+            pause_handshake.guard(assoc)
+        return quiet(assoc)
 
     clock = _ReactorTime(stock.run_reactor.__code__, association.Association._run_reactor.__code__)
     association.DULServiceProvider = dul_for

@@ -15,7 +15,7 @@ import pytest
 from pynetdicom import AE, association, evt
 from pynetdicom.sop_class import Verification
 
-from pacsflow.dicom import quiet_reactor
+from pacsflow.dicom import pause_handshake, quiet_reactor
 from pacsflow.dicom.network import make_ae
 from tests.servers import LOOPBACK, free_port
 
@@ -48,15 +48,15 @@ def _wait_for(predicate, seconds: float = 5.0) -> bool:
     return predicate()
 
 
-def test_accepted_associations_are_quiet_and_requested_ones_stock(scp):
+def test_both_ends_are_quiet_and_the_requesting_end_pauses_safely(scp):
     server, port = scp
     assoc = _associate(port)
     try:
         assert quiet_reactor.installed()
         assert _wait_for(lambda: len(server.active_associations) == 1)
-        assert hasattr(server.active_associations[0].dul, "idle_wait")
-        # A request's caller and a quiet reactor race for its answer (see the module).
-        assert not hasattr(assoc.dul, "idle_wait")
+        accepted = server.active_associations[0]
+        assert hasattr(accepted.dul, "idle_wait") and hasattr(assoc.dul, "idle_wait")
+        assert pause_handshake.guarded(assoc) and not pause_handshake.guarded(accepted)
     finally:
         assoc.release()
 
