@@ -541,6 +541,30 @@ class SandboxPacs:
                 last = response
         yield last
 
+    def _recorded_through_last_store(
+        self, kind: OperationKind, query: Dataset, produce: Callable[[dict[str, int]], Iterator]
+    ) -> Iterator:
+        """``produce(counts)``'s items for a C-MOVE or C-GET, recorded until the last
+        instance has been stored.
+
+        pynetdicom asks a retrieval's handler for its next item after each C-STORE
+        sub-operation, so the record closes when the handler is exhausted: after the
+        last instance was sent, and before the final response (and C-MOVE's release of
+        its sub-association). Closed at the handler's last item instead, a record would
+        leave out the last instance's transfer, all of a one-instance study's. A final
+        status the handler yields itself (cancel; ``(None, None)``, an unknown
+        destination) ends the record before it is sent, as in
+        :meth:`_recorded_until_last`.
+        """
+        with self._record(kind, query) as counts:
+            for item in produce(counts):
+                if _is_final(item):
+                    break
+                yield item
+            else:
+                return
+        yield item
+
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         def counted(counts: dict[str, int]) -> Iterator[tuple[int, Dataset | None]]:
             for status, identifier in self._find(event):
@@ -566,7 +590,7 @@ class SandboxPacs:
         yield STATUS_SUCCESS, None
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
-        return self._recorded_until_last(
+        return self._recorded_through_last_store(
             OperationKind.MOVE, event.identifier, lambda counts: self._move(event, counts)
         )
 
@@ -603,7 +627,7 @@ class SandboxPacs:
             yield len(entries)
             yield from self._send(event, entries)
 
-        return self._recorded_until_last(OperationKind.GET, event.identifier, get)
+        return self._recorded_through_last_store(OperationKind.GET, event.identifier, get)
 
     def _send(self, event: evt.Event, entries: list[_Entry]) -> Iterator[Any]:
         for entry in entries:
@@ -632,6 +656,15 @@ class SandboxPacs:
             setattr(rsp, keyword, value)
         rsp.RetrieveAETitle = self.ae_title
         return rsp
+
+
+def _is_final(item: Any) -> bool:
+    """Whether a retrieval handler's item ends the request: a ``(status, dataset)`` with
+    a status other than pending, or pynetdicom's ``(None, None)`` for no destination."""
+    if not (isinstance(item, tuple) and len(item) == 2):
+        return False
+    status = item[0]
+    return status is None or (isinstance(status, int) and status != STATUS_PENDING)
 
 
 def _computed(level: str, members: list[_Entry]) -> dict[str, Any]:

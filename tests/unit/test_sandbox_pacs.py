@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -428,6 +429,42 @@ def test_every_operation_is_recorded_in_memory_and_in_the_log(
     assert all(op.ended - op.started >= 0.2 for op in ops[1:]), "retrievals wait the delay"
     assert ops[0].ended - ops[0].started < 0.2, "the delay is for retrievals only"
     assert read_activity(log) == ops
+
+
+def test_a_retrieval_is_recorded_until_its_last_instance_is_stored(
+    tmp_path: Path, studies: list[list[Dataset]]
+) -> None:
+    """A source is busy with a C-MOVE until its last sub-operation is done, not until it
+    hands pynetdicom the last instance; the record is there once the answer is."""
+    pause = 0.3
+    slow = make_ae("SLOWDEST", timeout=5)
+    slow.add_supported_context(CTImageStorage)
+    port = free_port()
+
+    def store_slowly(event: evt.Event) -> int:
+        time.sleep(pause)
+        return 0x0000
+
+    slow.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store_slowly)]
+    )
+    ct = studies[0]
+    server = SandboxPacs("RECORDED", 0, tmp_path, destinations={"SLOWDEST": ("127.0.0.1", port)})
+    server.add_datasets(ct)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ct[0].StudyInstanceUID
+    try:
+        with server:
+            assoc = associate(server, MOVE)
+            statuses = [s.Status for s, _ in assoc.send_c_move(query, "SLOWDEST", MOVE)]
+            recorded = server.activity
+            assoc.release()
+    finally:
+        slow.shutdown()
+    assert statuses[-1] == 0x0000
+    assert [(op.kind, op.instances) for op in recorded] == [(OperationKind.MOVE, len(ct))]
+    assert recorded[0].ended - recorded[0].started >= pause * len(ct)
 
 
 def test_a_delayed_retrieval_does_not_hold_up_other_associations(
