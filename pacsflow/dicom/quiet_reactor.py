@@ -54,6 +54,10 @@ LOGGER = logging.getLogger(__name__)
 #: The longest a reactor waits with nothing to do before it looks at its timers.
 IDLE_WAIT = 0.05
 
+#: How often an association being killed looks whether its DUL thread has stopped
+#: (pynetdicom: every 10 ms).
+KILL_POLL = 0.001
+
 
 class _WakingQueue(queue.Queue):
     """A queue that wakes its DUL thread whenever something is put on it."""
@@ -158,8 +162,8 @@ class _ReactorTime:
     sleeps as asked. Every other attribute is the real ``time`` module's.
     """
 
-    def __init__(self, dul_loop: CodeType, association_loop: CodeType) -> None:
-        self._dul_loop, self._association_loop = dul_loop, association_loop
+    def __init__(self, dul_loop: CodeType, association_loop: CodeType, kill: CodeType) -> None:
+        self._dul_loop, self._association_loop, self._kill = dul_loop, association_loop, kill
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -182,6 +186,11 @@ class _ReactorTime:
             activity = _activity(frame.f_locals.get("self"))
             if activity is not None:
                 activity.set()
+                if caller is self._kill:
+                    # kill() looks every 10 ms whether the DUL has stopped, which it does
+                    # within a millisecond of a release: a source would answer every
+                    # C-MOVE ~10 ms late, after releasing its sub-association.
+                    seconds = min(seconds, KILL_POLL)
         time.sleep(seconds)
 
 
@@ -216,7 +225,11 @@ def install() -> bool:
             pause_handshake.guard(assoc)
         return quiet(assoc)
 
-    clock = _ReactorTime(stock.run_reactor.__code__, association.Association._run_reactor.__code__)
+    clock = _ReactorTime(
+        stock.run_reactor.__code__,
+        association.Association._run_reactor.__code__,
+        association.Association.kill.__code__,
+    )
     association.DULServiceProvider = dul_for
     dul.time = clock
     association.time = clock
@@ -233,5 +246,8 @@ def _looks_as_expected(version: str, association: ModuleType, dul: ModuleType) -
         and getattr(association, "time", None) is time
         and getattr(association, "DULServiceProvider", None) is stock
         and all(hasattr(stock, name) for name in ("run_reactor", "kill_dul", "stop_dul"))
-        and hasattr(getattr(association, "Association", None), "_run_reactor")
+        and all(
+            hasattr(getattr(association, "Association", None), name)
+            for name in ("_run_reactor", "kill")
+        )
     )
