@@ -51,9 +51,13 @@ from pacsflow.windows import ExtractionWindows, is_open
 
 LOGGER = logging.getLogger(__name__)
 
-#: A lane's finder association is released after each find while its retrievals take
-#: longer than this, and kept open while they are quicker (see _Lane.find_ahead).
-FINDER_IDLE_SECONDS = 0.5
+#: While a lane's retrievals take longer than this, its look-ahead find waits
+#: FIND_AHEAD_DELAY before it starts (see _Lane.find_ahead).
+SLOW_RETRIEVAL_SECONDS = 0.5
+
+#: How long a look-ahead find waits, beside a slow retrieval, for that retrieval's request
+#: to be out: claiming, querying and recording at the same moment held up the request.
+FIND_AHEAD_DELAY = 0.05
 
 #: Default seconds between a retrieval lane's looks for another run waiting for its slot
 #: (it then gives the slot back; if work remains, a new lane of its run queues for one).
@@ -224,7 +228,7 @@ class _Lane:
             self.source_name, self.pull, self.windows, lane_seconds, self.handoff, self.logger
         )
         locate = partial(self.next_located, finder or association)
-        slow = False  # whether the last retrieval outlasted FINDER_IDLE_SECONDS
+        slow = False  # whether the last retrieval outlasted SLOW_RETRIEVAL_SECONDS
         # No thread exists until a first submit, so a lane without a finder costs none.
         with ThreadPoolExecutor(1, thread_name_prefix="find-ahead") as pool:
             ahead = pool if finder is not None else None
@@ -232,11 +236,11 @@ class _Lane:
             while study is not None:
                 upcoming = None
                 if ahead is not None and turns.go_on():
-                    find = partial(self.find_ahead, finder, release=slow)
+                    find = partial(self.find_ahead, finder, delay=FIND_AHEAD_DELAY if slow else 0)
                     upcoming = ahead.submit(contextvars.copy_context().run, find)
                 started = time.monotonic()
                 fetched = self.fetch(study, association)
-                slow = time.monotonic() - started > FINDER_IDLE_SECONDS
+                slow = time.monotonic() - started > SLOW_RETRIEVAL_SECONDS
                 if not fetched:
                     _give_back(self.ws, study.id)
                     if upcoming is not None and (ahead_study := upcoming.result()) is not None:
@@ -249,19 +253,19 @@ class _Lane:
                 else:
                     study = None
 
-    def find_ahead(self, finder: SourceAssociation, release: bool) -> Study | None:
-        """:meth:`next_located` on the finder, in the look-ahead thread; with ``release``
-        the finder is closed after it, until the next find opens it again.
+    def find_ahead(self, finder: SourceAssociation, delay: float) -> Study | None:
+        """:meth:`next_located` on the finder, in the look-ahead thread, after ``delay``.
 
-        An open association costs CPU while idle (pynetdicom's threads poll every 1 ms,
-        a few percent of a core per association), more than opening one for each find
-        when the retrieval beside it takes a second; for quick ones it stays open.
+        The lane's thread sends its next retrieval request at the moment this starts;
+        the claim, C-FIND and ledger writes here compete with it for the interpreter
+        and held it up by ~5 ms, a slot idle at the source. Beside a retrieval that
+        takes seconds, a find that waits for the request to be out costs nothing. The
+        finder stays open between finds: an idle association waits without polling
+        (:mod:`pacsflow.dicom.quiet_reactor`), and opening one per find costs more.
         """
-        try:
-            return self.next_located(finder)
-        finally:
-            if release:
-                finder.close()
+        if delay:
+            time.sleep(delay)
+        return self.next_located(finder)
 
     def next_located(self, association: SourceAssociation) -> Study | None:
         """Claim the project's next study waiting for this source and C-FIND it there.
