@@ -109,6 +109,13 @@ def _run_all(api_url: str, folder: Path, manifests: dict[str, Path], timeout: fl
     raise RuntimeError(f"runs not finished after {timeout} s: {states}")
 
 
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=60, help="Studies per source.")
@@ -170,6 +177,14 @@ def main() -> None:
             exported = [p for p in (folder / "export").glob("*/*/*") if p.is_dir()]
             exported = [p for p in exported if not p.parts[-2].startswith(".")]
             completed = sum(state.is_completed() for state in states)
+            for name, state in zip(PROJECTS, states, strict=True):
+                if not state.is_completed():
+                    print(f"  run of {name} ended {state.name}: {(state.message or '')[:500]}")
+            if completed < 3:
+                for i in range(2):
+                    log = root / f"worker-{i}" / f"worker-w{i}.log"
+                    errors = [line for line in _lines(log) if "Error" in line or "error" in line]
+                    print(f"  worker w{i}, last error lines:", *errors[-8:], sep="\n    ")
             print(
                 f"\n{completed}/3 runs completed, {len(exported)}/{2 * n} studies exported in "
                 f"{seconds:.1f} s = {len(exported) / seconds:.2f} studies/s"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from functools import partial
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 
 from pacsflow.config import SiteConfig
 
@@ -39,16 +43,34 @@ def ensure_source_limits(site: SiteConfig, names: list[str]) -> dict[str, int]:
     with get_client(sync_client=True) as client:
         for name in names:
             source = site.sources[name]
-            client.create_concurrency_limit(
-                tag=source_tag(name), concurrency_limit=source.max_concurrent
-            )
-            limits[source_tag(name)] = source.max_concurrent
+            tag = source_tag(name)
+            _settle(partial(client.create_concurrency_limit, tag, source.max_concurrent))
+            limits[tag] = source.max_concurrent
             if source.max_images:
-                client.upsert_global_concurrency_limit_by_name(
-                    image_limit_name(name), source.max_images
-                )
-                limits[image_limit_name(name)] = source.max_images
+                images = image_limit_name(name)
+                upsert = client.upsert_global_concurrency_limit_by_name
+                _settle(partial(upsert, images, source.max_images))
+                limits[images] = source.max_images
     return limits
+
+
+#: Tries to create or update one limit. Both Prefect 3.9's "create or update"s read,
+#: then insert (the tag limit on the server, the global one in the client): runs that
+#: start together can all find a limit missing, and all but one insert are refused with
+#: 409 Conflict (the client's ObjectAlreadyExists). Tried again, the limit is there.
+SETTLE_TRIES = 5
+
+
+def _settle(create_or_update: Callable[[], object]) -> None:
+    for attempt in range(1, SETTLE_TRIES + 1):
+        try:
+            create_or_update()
+            return
+        except (PrefectHTTPStatusError, ObjectAlreadyExists) as exc:
+            conflict = isinstance(exc, ObjectAlreadyExists) or exc.response.status_code == 409
+            if not conflict or attempt == SETTLE_TRIES:
+                raise
+            time.sleep(0.1 * attempt)
 
 
 #: Waiting task runs read to tell another pull's lanes from our sibling chunks'.

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from pacsflow.config import SiteConfig
 from pacsflow.ledger import Study, StudyStatus, make_engine, migrate, repository, session_factory
 from pacsflow.manifest import ManifestRow
 from tests.concurrency import migrate_together
@@ -140,3 +145,52 @@ def test_flow_runs_starting_together_migrate_a_fresh_ledger_without_failing(
             assert repository.ingest_manifest(session, PROJECT, ROWS).added == 2
     finally:
         engine.dispose()
+
+
+def test_pulls_starting_together_all_set_their_sources_limits(prefect_api: str) -> None:
+    """Runs started at once each create the same source limits; none fails on the race.
+
+    Prefect 3.9's create-or-update reads, then inserts, so all but one of the runs that
+    find a limit missing at the same moment were refused with 409 Conflict (the
+    two-workers benchmark lost one run of three this way).
+    """
+    from prefect import get_client
+
+    from flows.limits import ensure_source_limits, image_limit_name, source_tag
+
+    names = [f"race{uuid.uuid4().hex[:8]}-{n}" for n in range(3)]
+    site = SiteConfig(
+        ledger="sqlite:///unused.db",
+        receiver={"ae_title": "RECV", "host": "127.0.0.1", "port": 11112},
+        sources={
+            name: {"ae_title": f"SRC{n}", "host": "127.0.0.1", "port": 104, "max_concurrent": 3}
+            | {"max_images": 50}
+            for n, name in enumerate(names)
+        },
+        destinations={"out": {"type": "filesystem", "path": "unused"}},
+    )
+    together = 8
+    start = threading.Barrier(together)
+
+    def pull() -> dict[str, int]:
+        start.wait(timeout=30)
+        return ensure_source_limits(site, names)
+
+    try:
+        with ThreadPoolExecutor(together) as pool:
+            # Each in a copy of this context: it holds the Prefect settings (the API URL).
+            runs = [pool.submit(contextvars.copy_context().run, pull) for _ in range(together)]
+            results = [run.result(timeout=120) for run in runs]
+        assert all(result == results[0] for result in results)
+        with get_client(sync_client=True) as client:
+            for name in names:
+                assert client.read_concurrency_limit_by_tag(source_tag(name)).concurrency_limit == 3
+                limit = client.read_global_concurrency_limit_by_name(image_limit_name(name))
+                assert limit.limit == 50
+    finally:
+        with get_client(sync_client=True) as client:
+            for name in names:
+                with contextlib.suppress(Exception):
+                    client.delete_concurrency_limit_by_tag(source_tag(name))
+                with contextlib.suppress(Exception):
+                    client.delete_global_concurrency_limit_by_name(image_limit_name(name))
