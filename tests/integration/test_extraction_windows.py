@@ -164,7 +164,10 @@ def test_lanes_stop_claiming_when_the_window_closes_and_finish_the_study_in_hand
     from pacsflow.sandbox.activity import OperationKind
 
     sandbox = sandbox_factory(n_studies=40)
-    sandbox.primary.retrieve_delay = 1.0  # a busy archive: the run cannot finish in time
+    # A busy archive: the run cannot finish in time. At 1 s per retrieval its four lanes
+    # did the primary's ~24 studies inside the 10 s before the closing once lanes lost
+    # their idle polling; at 3 s they need ~18 s.
+    sandbox.primary.retrieve_delay = 3.0
     _set_windows(sandbox, "primary", NIGHTS)
     project_data = yaml.safe_load(sandbox.project_path.read_text())
     project_data["max_wait_hours"] = 0
