@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import build_role
 from pynetdicom.sop_class import (
@@ -204,8 +204,15 @@ def run_bare(
     if method == "move":
         scp = AE(ae_title=ae_title)
         scp.maximum_pdu_size = 0
+        # Explicit VR first: the acceptor's order picks the syntax, and pynetdicom's list
+        # starts with implicit VR, which makes the source re-encode every instance.
+        # pacsflow's receiver does the same, so this costs neither side more.
+        syntaxes = [
+            ExplicitVRLittleEndian,
+            *(t for t in ALL_TRANSFER_SYNTAXES if t != ExplicitVRLittleEndian),
+        ]
         for uid in STORAGE:
-            scp.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+            scp.add_supported_context(uid, syntaxes)
         scp.start_server(
             (host, scp_port),
             block=False,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+from pynetdicom import StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (
 from pacsflow.config import RetrieveMethod, SourceConfig
 from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
 from pacsflow.dicom.storage import handle_store
+from pacsflow.dicom.syntaxes import RECEIVED_TRANSFER_SYNTAXES
 from pacsflow.dicom.tls import tls_args
 from pacsflow.errors import SourceUnavailable
 
@@ -73,7 +74,7 @@ class SourceAssociation:
             # limit of 128 presentation contexts (PS3.8 9.3.2.2): FIND, GET and 120 storage.
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
             for context in StoragePresentationContexts:
-                ae.add_requested_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+                ae.add_requested_context(context.abstract_syntax, RECEIVED_TRANSFER_SYNTAXES)
                 roles.append(build_role(context.abstract_syntax, scp_role=True))
             handlers.append((evt.EVT_C_STORE, lambda event: handle_store(event, self._folder_for)))
         else:

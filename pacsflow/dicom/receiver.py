@@ -2,8 +2,9 @@
 
 Sources open a new association to it for every study they send. Accepting an
 association makes pynetdicom copy and check every supported presentation context, so
-the receiver supports the common storage SOP classes only, with every transfer syntax
-(we keep what the source sends; no transcoding).
+the receiver supports the common storage SOP classes only, with every transfer syntax,
+Explicit VR Little Endian first (:mod:`pacsflow.dicom.syntaxes`): we keep what the source
+sends, and a source that stores explicit VR need not re-encode for us.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom import StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ReceiverConfig
@@ -25,6 +26,7 @@ from pacsflow.dicom import routes
 from pacsflow.dicom.network import NODELAY_HANDLERS, QuicklyCopiedContexts, make_ae
 from pacsflow.dicom.peers import AllowedPeers
 from pacsflow.dicom.storage import handle_store
+from pacsflow.dicom.syntaxes import RECEIVED_TRANSFER_SYNTAXES
 from pacsflow.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -114,7 +116,7 @@ class Receiver:
         ae.implementation_version_name = receiver_identity(self.staging)
         ae.add_supported_context(Verification)
         for context in StoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, RECEIVED_TRANSFER_SYNTAXES)
         handlers = [
             *NODELAY_HANDLERS,
             (evt.EVT_REQUESTED, self._screen),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 from pathlib import Path
 
@@ -117,3 +118,59 @@ def test_a_stopped_receiver_has_freed_its_port_for_the_next(tmp_path: Path) -> N
         assert not receiver.running
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", config.port))
+
+
+def test_a_study_arrives_as_the_source_stores_it_with_its_private_vrs(tmp_path: Path) -> None:
+    """A source that can send explicit or implicit VR sends what it stores.
+
+    The acceptor's order picks the syntax; pynetdicom's list starts with implicit VR,
+    which would make the source re-encode and leave private elements as UN for the
+    de-identification that reads the staged files.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from pacsflow.dicom import routes
+    from pacsflow.dicom.retrieve import move_study
+    from pacsflow.sandbox.synthetic import make_study
+
+    (instance,) = make_study(
+        mrn="MRN1",
+        accession="ACC1",
+        study_date=datetime.date(2024, 1, 2),
+        patient_name="DOE^JANE",
+        birth_date=datetime.date(1960, 5, 6),
+        sex="F",
+        n_series=1,
+        n_instances=1,
+    )
+    assert instance.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    block = instance.private_block(0x0011, "PACSFLOW TEST", create=True)
+    block.add_new(0x01, "LO", "a private note")
+    study_uid = str(instance.StudyInstanceUID)
+
+    receiver_config = ReceiverConfig(ae_title="PACSFLOW", host="127.0.0.1", port=free_port())
+    pacs = SandboxPacs(
+        "PRIMARY",
+        free_port(),
+        tmp_path / "pacs",
+        destinations={"PACSFLOW": ("127.0.0.1", receiver_config.port)},
+    )
+    pacs.add_datasets([instance])
+    staging, folder = tmp_path / "staging", tmp_path / "staging" / "study"
+    receiver = Receiver(receiver_config, staging).start()
+    pacs.start()
+    try:
+        source = SourceConfig(ae_title="PRIMARY", host="127.0.0.1", port=pacs.address[1])
+        with routes.expect_study(staging, study_uid, folder):
+            outcome = move_study(source, "PACSFLOW", "PACSFLOW", study_uid)
+    finally:
+        pacs.stop()
+        receiver.stop()
+
+    assert outcome.completed == 1, outcome
+    (staged,) = folder.glob("*.dcm")
+    received = dcmread(staged)
+    assert received.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    note = received.private_block(0x0011, "PACSFLOW TEST")[0x01]
+    assert (note.VR, note.value) == ("LO", "a private note")
