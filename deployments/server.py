@@ -41,11 +41,23 @@ STATE_FILE = "server.json"
 TOKEN_VARIABLE = "pacsflow-server-token"
 
 #: Server settings pacsflow relies on; set them on any Prefect server it runs against.
+#:
 #: A task waiting for a tag slot retries after the server's Retry-After, which is the
-#: slots' average occupancy capped at this setting (default 10 s). Lanes hold a slot for
-#: up to ``lane_seconds``, so without a low cap a freed slot would idle for seconds before
-#: another project's lane took it over.
-SERVER_SETTINGS = {"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"}
+#: slots' average occupancy capped at the first setting (default 10 s). Lanes hold a slot
+#: for up to ``lane_seconds``, so without a low cap a freed slot would idle for seconds
+#: before another project's lane took it over.
+#:
+#: The second keeps the slots' leases on disk, under the server's ``PREFECT_HOME``. By
+#: default Prefect keeps them in the server's memory while the slot counts are in its
+#: database: a server restarted while lanes held slots forgot their leases, and those
+#: slots stayed taken for good (a source of limit 2 took no retrieval again, measured),
+#: neither given back by the lanes nor expired.
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+        "prefect.server.concurrency.lease_storage.filesystem"
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,23 @@ def _idle_pause(
     return min(max(to_opening.total_seconds(), POLL_SECONDS), WINDOW_CHECK_SECONDS)
 
 
+def _lane_result(future: PrefectFuture, logger) -> object:
+    """What a lane returned, or the exception it failed with.
+
+    A lane whose work is done can still fail afterwards in Prefect's own bookkeeping:
+    giving its slot back makes a new API client, and while the Prefect server restarts
+    that client's first request fails at once (Prefect retries a refused connection
+    only on a client that has connected before). The studies it handled are in the
+    ledger either way, and the ones it still held go back by :func:`claims.release_orphans`;
+    the failure must not fail the pull.
+    """
+    try:
+        return future.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001 (recorded as a failed lane, the run goes on)
+        logger.warning("a lane ended with %s: %s", type(exc).__name__, exc)
+        return exc
+
+
 def _process_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -233,7 +250,7 @@ def process_studies(
         close_handoff(handoff)
     outcomes: Counter[str] = Counter()
     for future in done + exporters:
-        result = future.result(raise_on_failure=False)
+        result = _lane_result(future, logger)
         if isinstance(result, dict):
             outcomes.update(result)
         else:
