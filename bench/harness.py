@@ -312,12 +312,14 @@ def write_site(
 
 @dataclass(frozen=True)
 class ExtractRun:
-    """One timed ``pacsflow extract``; ``started``/``ended`` are ``time.monotonic()``."""
+    """One timed ``pacsflow extract``; ``started``/``ended`` are ``time.monotonic()``,
+    ``started_wall`` is ``time.time()`` at the start, to set beside the source's record."""
 
     returncode: int
     started: float
     ended: float
     log_path: Path
+    started_wall: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -346,7 +348,7 @@ def run_extract(
     env = child_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(site.folder / "prefect-home"))
     log_path = site.folder / "extract.log"
     with open(log_path, "wb") as log:
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         status = subprocess.run(
             command,
             cwd=site.folder,
@@ -357,7 +359,7 @@ def run_extract(
             check=False,
         ).returncode
         ended = time.monotonic()
-    return ExtractRun(status, started, ended, log_path)
+    return ExtractRun(status, started, ended, log_path, started_wall)
 
 
 def exported(export: Path) -> tuple[int, int]:
