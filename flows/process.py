@@ -13,6 +13,7 @@ artifact, and the run sleeps until the window opens.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import time
 from collections import Counter
@@ -86,6 +87,20 @@ def _idle_pause(
         return None
     # Until the window opens, looking again at least every minute.
     return min(max(to_opening.total_seconds(), POLL_SECONDS), WINDOW_CHECK_SECONDS)
+
+
+def _until_a_lane_ends(running: dict[str, list[PrefectFuture]], timeout: float) -> None:
+    """Sleep up to ``timeout`` seconds, waking as soon as one of the ``running`` lanes ends.
+
+    A lane's end frees a slot: the next lane starts at once rather than at the next poll
+    (up to :data:`POLL_SECONDS` of an idle slot at every hand-over, and at the pull's end
+    before the export lanes are told to finish).
+    """
+    threads = [f.wrapped_future for futures in running.values() for f in futures]
+    if threads:
+        concurrent.futures.wait(threads, timeout=timeout, return_when="FIRST_COMPLETED")
+    else:
+        time.sleep(timeout)
 
 
 def _lane_result(future: PrefectFuture, logger) -> object:
@@ -165,7 +180,7 @@ def process_studies(
             )
             if full:  # no lane could start: no need to count the ledger's waiting studies
                 progress.update(waits=waits)
-                time.sleep(POLL_SECONDS)
+                _until_a_lane_ends(running, POLL_SECONDS)
                 continue
             with ws.sessions() as session:
                 waiting = claims.claimable_counts(session, project.name, pull)
@@ -236,7 +251,7 @@ def process_studies(
                     break
                 time.sleep(pause)
                 continue
-            time.sleep(POLL_SECONDS)
+            _until_a_lane_ends(running, POLL_SECONDS)
     except BaseException:
         # A retrieval lane still running would wait forever to hand a study to export
         # lanes that are about to stop, and this run with it (seen when the ledger's
