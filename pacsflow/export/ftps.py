@@ -3,10 +3,12 @@
 Layout on the server: ``<directory>/<project>/<pseudo patient>/<pseudo study UID>.zip``.
 The zip is uploaded as ``<directory>/<project>/.partial/<pseudo study>.<digest>.zip`` and
 renamed into place once its size matches, so a reader never sees half a study. The
-zip is built deterministically (:mod:`pacsflow.export.archive`) and the digest names
-the build: an upload cut off half-way is continued from where it stopped (``REST``)
-by the next attempt; a partial upload of another build is deleted. After the rename
-the zip's entries are counted on the server, from its last bytes.
+zip is deterministic (:mod:`pacsflow.export.archive`) and the digest names the build:
+an upload cut off half-way is continued from where it stopped (``REST``) by the next
+attempt; a partial upload of another build is deleted. The zip is read straight out of
+the study's files as it is sent, never written to local disk first (that copy cost more
+than the upload). After the rename the zip's entries are counted on the server, from
+its last bytes.
 
 ``AUTH TLS`` protects the control connection and ``PROT P`` the data connections;
 the server's certificate is checked against ``ca_file`` (or the system's CAs).
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from pacsflow.config import FtpsDestinationConfig
 from pacsflow.errors import PermanentError, RetriableError
-from pacsflow.export.archive import TAIL_BYTES, entries_from_tail, write_study_zip, zip_digest
+from pacsflow.export.archive import TAIL_BYTES, StudyZip, entries_from_tail
 from pacsflow.export.factory import register
 from pacsflow.export.protocol import ExportReceipt
 from pacsflow.export.verification import DeliveryIncomplete
@@ -79,15 +81,10 @@ class FtpsDestination:
         files = sorted(study_dir.glob("*.dcm"))
         final = self._remote(project, pseudo_patient, f"{pseudo_study}.zip")
         location = f"ftps://{self.config.host}:{self.config.port}{final}"
-        local = study_dir.with_name(study_dir.name + ".zip")
         with self._connection() as ftp:
             if self._size(ftp, final) is not None:
                 return ExportReceipt(location, self._entries(ftp, final), already_present=True)
-            try:
-                write_study_zip(files, local)
-                self._upload(ftp, local, project, pseudo_study, final)
-            finally:
-                local.unlink(missing_ok=True)
+            self._upload(ftp, StudyZip(files), project, pseudo_study, final)
             held = self._entries(ftp, final)
         if held != len(files):
             raise DeliveryIncomplete(
@@ -112,17 +109,17 @@ class FtpsDestination:
     # -- steps --------------------------------------------------------------------------
 
     def _upload(
-        self, ftp: ftplib.FTP_TLS, local: Path, project: str, pseudo_study: str, final: str
+        self, ftp: ftplib.FTP_TLS, study_zip: StudyZip, project: str, pseudo_study: str, final: str
     ) -> None:
-        """Upload (or finish uploading) ``local`` as a partial, then rename it to ``final``."""
+        """Upload (or finish uploading) ``study_zip`` as a partial, then rename it to ``final``."""
         partial_dir = self._remote(project, ".partial")
-        partial = posixpath.join(partial_dir, f"{pseudo_study}.{zip_digest(local)}.zip")
+        partial = posixpath.join(partial_dir, f"{pseudo_study}.{study_zip.digest}.zip")
         self._makedirs(ftp, partial_dir)
         for name in self._list(ftp, partial_dir):
             other = posixpath.join(partial_dir, posixpath.basename(name))
             if posixpath.basename(name).startswith(pseudo_study + ".") and other != partial:
                 ftp.delete(other)  # an attempt with different content: cannot be resumed
-        total = local.stat().st_size
+        total = study_zip.size
         offset = self._size(ftp, partial) or 0
         if offset > total:
             ftp.delete(partial)
@@ -130,7 +127,7 @@ class FtpsDestination:
         if offset < total:
             if offset:
                 LOGGER.info("resuming an upload at byte %d of %d", offset, total)
-            with local.open("rb") as handle:
+            with study_zip.open() as handle:
                 handle.seek(offset)
                 ftp.storbinary(f"STOR {partial}", handle, blocksize=_BLOCK, rest=offset or None)
         uploaded = self._size(ftp, partial)

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from pacsflow.config import FilesystemDestinationConfig
-from pacsflow.export import FilesystemDestination, make_destination
+from pacsflow.export import FilesystemDestination, archive, make_destination
 from pacsflow.export.archive import (
     TAIL_BYTES,
+    StudyChanged,
+    StudyZip,
     count_entries,
     entries_from_tail,
     write_study_zip,
@@ -63,13 +65,50 @@ def test_entry_count_from_the_last_bytes(study_dir: Path, tmp_path: Path) -> Non
 def test_entry_count_of_a_zip64_end(
     study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Studies of more than 65,535 instances get a Zip64 end record; make zipfile write one
-    # for 4 entries, and mark the classic count as "see Zip64" as a big zip has it.
-    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
+    # Studies of more than 65,535 instances get a Zip64 end record; make one for 4 entries.
+    monkeypatch.setattr(archive, "_COUNT_LIMIT", 2)
     write_study_zip(sorted(study_dir.glob("*.dcm")), tmp_path / "s.zip")
-    data = bytearray((tmp_path / "s.zip").read_bytes())
-    data[-12:-10] = struct.pack("<H", 0xFFFF)
-    assert entries_from_tail(bytes(data[-TAIL_BYTES:])) == 4
+    data = (tmp_path / "s.zip").read_bytes()
+    assert data[-12:-10] == struct.pack("<H", 0xFFFF)  # the classic count says "see Zip64"
+    assert entries_from_tail(data[-TAIL_BYTES:]) == 4
+    assert count_entries(tmp_path / "s.zip") == 4
+
+
+def test_a_zip_past_4_gb_gets_zip64_sizes_and_offsets(
+    study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Offsets and sizes from 4 GiB on move to Zip64 extra fields; lower that limit so
+    # every entry after the first has a "large" offset, and the 2000-byte files are large.
+    monkeypatch.setattr(archive, "_ZIP64_LIMIT", 1000)
+    files = sorted(study_dir.glob("*.dcm"))
+    write_study_zip(files, tmp_path / "s.zip")
+    with zipfile.ZipFile(tmp_path / "s.zip") as zf:
+        assert zf.testzip() is None
+        assert [zf.read(p.name) for p in files] == [p.read_bytes() for p in files]
+
+
+def test_the_zip_read_from_any_offset_is_the_built_one(study_dir: Path, tmp_path: Path) -> None:
+    # Resuming an upload sends the zip from where the server's copy stops.
+    study_zip = StudyZip(sorted(study_dir.glob("*.dcm")))
+    study_zip.write_to(tmp_path / "s.zip")
+    whole = (tmp_path / "s.zip").read_bytes()
+    assert study_zip.size == len(whole)
+    assert study_zip.digest == zip_digest(tmp_path / "s.zip")
+    for offset in (0, 1, 29, 30, 2040, 4100, len(whole) - TAIL_BYTES, len(whole) - 1):
+        with study_zip.open() as reader:
+            reader.seek(offset)
+            assert reader.read() == whole[offset:]
+
+
+@pytest.mark.parametrize("new_content", [b"x" * 2000, b"shorter", b"y" * 3000])
+def test_a_file_changed_after_the_build_fails_the_transfer(
+    study_dir: Path, tmp_path: Path, new_content: bytes
+) -> None:
+    files = sorted(study_dir.glob("*.dcm"))
+    study_zip = StudyZip(files)
+    files[1].write_bytes(new_content)
+    with pytest.raises(StudyChanged, match="00001.dcm"):
+        study_zip.write_to(tmp_path / "s.zip")
 
 
 def test_filesystem_zip_appears_whole_once(study_dir: Path, tmp_path: Path) -> None:
