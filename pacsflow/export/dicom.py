@@ -126,7 +126,31 @@ class DicomDestination:
         query.StudyInstanceUID = study_uid
         query.SeriesInstanceUID = ""
         query.SOPInstanceUID = ""
-        found: set[str] = set()
+        found = {str(answer.get("SOPInstanceUID", "")) for answer in self._find(query)}
+        found.discard("")
+        return found
+
+    def count(self, study_uid: str) -> int | None:
+        """Instances of the study at the node, from a STUDY-level C-FIND.
+
+        NumberOfStudyRelatedInstances is an optional return key (PS3.4 C.6.2.1.2): None
+        when the node leaves it empty, or does not answer with exactly this one study.
+        """
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        query.NumberOfStudyRelatedInstances = None
+        answers = self._find(query)
+        if len(answers) != 1 or str(answers[0].get("StudyInstanceUID", "")) != study_uid:
+            return None
+        try:
+            return int(answers[0].get("NumberOfStudyRelatedInstances"))
+        except (TypeError, ValueError):  # empty (None), or not one number
+            return None
+
+    def _find(self, query: Dataset) -> list[Dataset]:
+        """The identifiers a Study Root C-FIND answers to ``query``."""
+        found: list[Dataset] = []
         with self._association({StudyRootQueryRetrieveInformationModelFind: []}) as assoc:
             for status, identifier in assoc.send_c_find(
                 query, StudyRootQueryRetrieveInformationModelFind
@@ -137,14 +161,13 @@ class DicomDestination:
                     )
                 category = code_to_category(int(status.Status))
                 if category == "Pending" and identifier is not None:
-                    found.add(str(identifier.get("SOPInstanceUID", "")))
+                    found.append(identifier)
                 elif category in ("Failure", "Cancel"):
                     raise RetriableError(
-                        f"{self.describe()} answered the IMAGE-level C-FIND with status "
-                        f"0x{int(status.Status):04X}; it must allow C-FIND from "
-                        f"{self.config.calling_ae_title} to verify deliveries"
+                        f"{self.describe()} answered the {query.QueryRetrieveLevel}-level "
+                        f"C-FIND with status 0x{int(status.Status):04X}; it must allow C-FIND "
+                        f"from {self.config.calling_ae_title} to verify deliveries"
                     )
-        found.discard("")
         return found
 
     # -- associations -----------------------------------------------------------------

@@ -33,6 +33,8 @@ from pacsflow.export.verification import Instance, deliver, read_instances
 LOGGER = logging.getLogger(__name__)
 
 _SOP_INSTANCE_UID = "00080018"
+_STUDY_INSTANCE_UID = "0020000D"
+_NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
 _QIDO_PAGE = 1000
 _RETRIABLE_HTTP = {HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS}
 
@@ -135,6 +137,30 @@ class DicomwebDestination:
                 if len(page) < _QIDO_PAGE or len(found) == before:
                     return found
                 offset += len(page)
+
+    def count(self, study_uid: str) -> int | None:
+        """Instances of the study in the archive, from its QIDO-RS study-level answer.
+
+        NumberOfStudyRelatedInstances is a default return attribute of a study search
+        (PS3.18 Table 10.6.3-3); None when the archive leaves it out or has no such study.
+        """
+        with self._client() as client:
+            try:
+                studies = client.search_for_studies(
+                    search_filters={_STUDY_INSTANCE_UID: study_uid},
+                    fields=[_NUMBER_OF_STUDY_RELATED_INSTANCES],
+                )
+            except requests.HTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 404:
+                    return None
+                raise
+        values = [s.get(_NUMBER_OF_STUDY_RELATED_INSTANCES, {}).get("Value") for s in studies]
+        if len(values) != 1 or not values[0]:
+            return None
+        try:
+            return int(values[0][0])
+        except (TypeError, ValueError):
+            return None
 
     def _check(self, reasons: list[int], batch: int) -> None:
         if not reasons:

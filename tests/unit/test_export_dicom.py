@@ -1,7 +1,8 @@
 """The DICOM destination against an in-process pynetdicom node that misbehaves on purpose.
 
 Real associations on 127.0.0.1: a node that stores only MR, one that is out of
-resources, and one that answers success but keeps only some instances.
+resources, and one that answers success but keeps only some instances; with or without
+the study's instance count in its STUDY-level C-FIND answers.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class Node:
 
     store_status: int = 0x0000
     keep_every: int = 1  # keep one of every n instances it acknowledges
+    counts: bool = False  # answer NumberOfStudyRelatedInstances at STUDY level
     stored: dict[str, Dataset] = field(default_factory=dict)
     received: int = 0
+    queried: list[str] = field(default_factory=list)  # QueryRetrieveLevel of each C-FIND
 
     def on_store(self, event: evt.Event) -> int:
         self.received += 1
@@ -45,8 +48,17 @@ class Node:
 
     def on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         study_uid = str(event.identifier.StudyInstanceUID)
-        for ds in list(self.stored.values()):
-            if str(ds.StudyInstanceUID) == study_uid:
+        level = str(event.identifier.QueryRetrieveLevel)
+        self.queried.append(level)
+        held = [ds for ds in self.stored.values() if str(ds.StudyInstanceUID) == study_uid]
+        if level == "STUDY" and held:
+            answer = Dataset()
+            answer.QueryRetrieveLevel = "STUDY"
+            answer.StudyInstanceUID = study_uid
+            answer.NumberOfStudyRelatedInstances = len(held) if self.counts else None
+            yield 0xFF00, answer
+        elif level == "IMAGE":
+            for ds in held:
                 answer = Dataset()
                 answer.QueryRetrieveLevel = "IMAGE"
                 answer.StudyInstanceUID = study_uid
@@ -142,6 +154,29 @@ def test_a_node_that_loses_instances_fails_with_both_counts(study, running) -> N
         destination_for(port).export(folder, "p", "PAT", study_uid)
     # 6 sent, 3 kept; the 3 missing re-sent, 1 more kept: 4 of 6.
     assert node.received == 9
+
+
+def test_a_count_that_grew_by_all_sent_needs_no_instance_list(study, running) -> None:
+    node = Node(counts=True)
+    server, port = start_node(node, AllStoragePresentationContexts)
+    running.append(server)
+    folder, study_uid = study
+    receipt = destination_for(port).export(folder, "p", "PAT", study_uid)
+    assert (receipt.instances, receipt.sent, receipt.resent) == (6, 6, 0)
+    assert node.queried == ["IMAGE", "STUDY"]  # what it held before, then its count
+
+
+def test_a_count_that_falls_short_lists_and_resends_the_missing(study, running) -> None:
+    node = Node(counts=True, keep_every=2)
+    server, port = start_node(node, AllStoragePresentationContexts)
+    running.append(server)
+    folder, study_uid = study
+    with pytest.raises(
+        DeliveryIncomplete, match=r"holds 4 of the 6 instances sent, after sending the 3"
+    ):
+        destination_for(port).export(folder, "p", "PAT", study_uid)
+    assert node.received == 9
+    assert node.queried == ["IMAGE", "STUDY", "IMAGE", "IMAGE"]
 
 
 def test_a_complete_study_is_already_present_and_not_sent_again(study, running) -> None:
