@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import io
+import os
 import struct
 import zipfile
 import zlib
@@ -154,6 +155,12 @@ def _end_records(count: int, directory_offset: int, directory_size: int) -> byte
     return records
 
 
+def _directory_and_end(entries: Sequence[_Entry], data_end: int) -> bytes:
+    """The central directory of ``entries``, starting at ``data_end``, and the end records."""
+    directory = b"".join(e.central_header() for e in entries)
+    return directory + _end_records(len(entries), data_end, len(directory))
+
+
 def _crc_and_size(path: Path) -> tuple[int, int]:
     crc, size = 0, 0
     with path.open("rb") as source:
@@ -183,8 +190,7 @@ class StudyZip:
             entry = _Entry(path, path.name.encode("utf-8"), size, crc, offset)
             self.entries.append(entry)
             offset += len(entry.local_header()) + size
-        directory = b"".join(e.central_header() for e in self.entries)
-        self.tail = directory + _end_records(len(self.entries), offset, len(directory))
+        self.tail = _directory_and_end(self.entries, offset)
         self.data_end = offset
         self.size = offset + len(self.tail)
 
@@ -196,11 +202,6 @@ class StudyZip:
     def open(self) -> io.RawIOBase:
         """A seekable reader of the zip's bytes (its files must not change meanwhile)."""
         return _StudyZipReader(self)
-
-    def write_to(self, target: Path) -> None:
-        with self.open() as source, target.open("wb") as sink:
-            while chunk := source.read(_CHUNK):
-                sink.write(chunk)
 
 
 class _StudyZipReader(io.RawIOBase):
@@ -304,9 +305,41 @@ def _copy(source: bytes, start: int, view: memoryview) -> int:
 
 
 def write_study_zip(files: Sequence[Path], target: Path) -> int:
-    """Write ``files`` (flat, by name) into the zip ``target``; returns the entry count."""
-    StudyZip(files).write_to(target)
-    return len(files)
+    """Write ``files`` (flat, by name) into the zip ``target``; returns the entry count.
+
+    The bytes :meth:`StudyZip.open` reads, in one pass over the files instead of two: a
+    local file can be patched, so each header is written before its file's CRC is known
+    and corrected once the file is copied.
+    """
+    entries = []
+    with target.open("wb") as sink:
+        for path in sorted(files, key=lambda p: p.name):
+            entries.append(_copy_entry(path, sink))
+        sink.write(_directory_and_end(entries, sink.tell()))
+    return len(entries)
+
+
+_CRC_FIELD = 14  # where the CRC-32 is in a local file header (APPNOTE 4.3.7)
+
+
+def _copy_entry(path: Path, sink: BinaryIO) -> _Entry:
+    """Append ``path``'s header and bytes to ``sink``; its entry, CRC included."""
+    offset = sink.tell()
+    crc, copied = 0, 0
+    with path.open("rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        sink.write(_Entry(path, path.name.encode("utf-8"), size, 0, offset).local_header())
+        while chunk := source.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            copied += len(chunk)
+            sink.write(chunk)
+    if copied != size:
+        raise StudyChanged(f"{path.name} changed size while it was being zipped")
+    end = sink.tell()
+    sink.seek(offset + _CRC_FIELD)
+    sink.write(struct.pack("<I", crc))
+    sink.seek(end)
+    return _Entry(path, path.name.encode("utf-8"), size, crc, offset)
 
 
 def zip_digest(path: Path) -> str:
