@@ -77,6 +77,13 @@ def start_node(node: Node, contexts: list) -> tuple[object, int]:
     return server, server.socket.getsockname()[1]
 
 
+def serving(node: Node, running: list) -> int:
+    """Start ``node`` for every storage SOP class, stopped with ``running``; its port."""
+    server, port = start_node(node, AllStoragePresentationContexts)
+    running.append(server)
+    return port
+
+
 @pytest.fixture
 def study(tmp_path: Path) -> tuple[Path, str]:
     datasets = make_study(
@@ -127,8 +134,7 @@ def test_a_node_that_refuses_the_sop_class_is_permanent(study, running) -> None:
 
 def test_out_of_resources_is_retriable(study, running) -> None:
     node = Node(store_status=0xA702)
-    server, port = start_node(node, AllStoragePresentationContexts)
-    running.append(server)
+    port = serving(node, running)
     folder, study_uid = study
     with pytest.raises(RetriableError, match=r"out of resources \(status 0xA702\)"):
         destination_for(port).export(folder, "p", "PAT", study_uid)
@@ -136,8 +142,7 @@ def test_out_of_resources_is_retriable(study, running) -> None:
 
 def test_another_failure_status_is_permanent(study, running) -> None:
     node = Node(store_status=0xA900)  # data set does not match SOP class
-    server, port = start_node(node, AllStoragePresentationContexts)
-    running.append(server)
+    port = serving(node, running)
     folder, study_uid = study
     with pytest.raises(PermanentError, match=r"C-STORE status 0xA900"):
         destination_for(port).export(folder, "p", "PAT", study_uid)
@@ -145,8 +150,7 @@ def test_another_failure_status_is_permanent(study, running) -> None:
 
 def test_a_node_that_loses_instances_fails_with_both_counts(study, running) -> None:
     node = Node(keep_every=2)  # says success, keeps every second instance
-    server, port = start_node(node, AllStoragePresentationContexts)
-    running.append(server)
+    port = serving(node, running)
     folder, study_uid = study
     with pytest.raises(
         DeliveryIncomplete, match=r"holds 4 of the 6 instances sent, after sending the 3"
@@ -158,8 +162,7 @@ def test_a_node_that_loses_instances_fails_with_both_counts(study, running) -> N
 
 def test_a_count_that_grew_by_all_sent_needs_no_instance_list(study, running) -> None:
     node = Node(counts=True)
-    server, port = start_node(node, AllStoragePresentationContexts)
-    running.append(server)
+    port = serving(node, running)
     folder, study_uid = study
     receipt = destination_for(port).export(folder, "p", "PAT", study_uid)
     assert (receipt.instances, receipt.sent, receipt.resent) == (6, 6, 0)
@@ -168,8 +171,7 @@ def test_a_count_that_grew_by_all_sent_needs_no_instance_list(study, running) ->
 
 def test_a_count_that_falls_short_lists_and_resends_the_missing(study, running) -> None:
     node = Node(counts=True, keep_every=2)
-    server, port = start_node(node, AllStoragePresentationContexts)
-    running.append(server)
+    port = serving(node, running)
     folder, study_uid = study
     with pytest.raises(
         DeliveryIncomplete, match=r"holds 4 of the 6 instances sent, after sending the 3"
@@ -181,8 +183,7 @@ def test_a_count_that_falls_short_lists_and_resends_the_missing(study, running) 
 
 def test_a_complete_study_is_already_present_and_not_sent_again(study, running) -> None:
     node = Node()
-    server, port = start_node(node, AllStoragePresentationContexts)
-    running.append(server)
+    port = serving(node, running)
     folder, study_uid = study
     destination = destination_for(port)
     first = destination.export(folder, "p", "PAT", study_uid)
