@@ -11,27 +11,27 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pacsflow.config import load_project_config, load_site_config
+from pacsflow.config import load_site_config
 from pacsflow.errors import ConfigError
 from pacsflow.report import ReportFormat, study_report, write_report
 
 console = Console()
-SITE_FILE = Path("pacsflow.yaml")
-
-
-def _slug(project: str) -> str:
-    """A slug as given, or the name in a project file given by its path."""
-    path = Path(project)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise ConfigError(f"no project file at {path}; give its path or the project's slug")
-        return load_project_config(path).name
-    return project
 
 
 def report(
-    project: Annotated[str, typer.Option(help="Project slug, or the project file's path.")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="Site file.")] = SITE_FILE,
+    project: Annotated[
+        str | None,
+        typer.Option(help="Project file or slug [default: the ledger's only project]."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Site configuration file [default: pacsflow.yaml, else the demo's].",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="File format.", case_sensitive=False)
     ] = ReportFormat.CSV,
@@ -42,12 +42,14 @@ def report(
 ) -> None:
     """Write every study of the project (identifiers, status, source, counts, pseudonyms,
     error and times) to a local file for the data team. It never goes to Prefect."""
-    from deployments.cli import _fail_input, _ledger
+    from deployments.cli import _fail_input, _ledger, _project_slug, _site_path
 
+    config = _site_path(config)
     try:
         site = load_site_config(config)
-        slug = _slug(project)
-        with _ledger(site)() as session:
+        sessions = _ledger(site)
+        slug = _project_slug(project, config, sessions)
+        with sessions() as session:
             frame = study_report(session, slug)
     except ConfigError as exc:
         raise _fail_input(str(exc)) from None

@@ -136,7 +136,8 @@ def test_an_unknown_project_or_format_is_an_input_error(site: Path, tmp_path: Pa
     result = runner.invoke(app, ["report", "--project", "lung-tc", "-c", str(site)])
     assert result.exit_code == 2
     said = " ".join(result.output.split())  # the console wraps long lines
-    assert "no studies of project 'lung-tc' (it knows: lung-ct, other)" in said
+    assert "unknown project 'lung-tc'" in said
+    assert "Known projects: lung-ct, other" in said
     result = runner.invoke(
         app, ["report", "--project", "lung-ct", "-c", str(site), "--format", "xlsx"]
     )
@@ -158,4 +159,19 @@ def test_a_project_file_may_stand_for_its_slug(site: Path, tmp_path: Path) -> No
     assert len(pd.read_csv(out)) == 3
     result = runner.invoke(app, ["report", "--project", "missing.yaml", "-c", str(site)])
     assert result.exit_code == 2
-    assert "no project file at missing.yaml" in result.output
+    assert "unknown project 'missing.yaml'" in " ".join(result.output.split())
+
+
+def test_without_config_the_demo_site_is_found(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after `pacsflow demo`, `pacsflow report --project SLUG` works with no --config,
+    as `status` does."""
+    elsewhere = tmp_path / "checkout"
+    demo = elsewhere / ".pacsflow" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "pacsflow.yaml").write_text(site.read_text())
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(app, ["report", "--project", "lung-ct"])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(elsewhere / ".pacsflow" / "reports" / "lung-ct.csv")) == 3
