@@ -31,6 +31,7 @@ class Registration:
     id: UUID
     pool: str | None  # None: served (by `pacsflow serve` or another runner)
     polled: bool  # a serve process polled it within LIVE_POLL_SECONDS
+    paused: bool = False  # a serve process that stopped pauses what it served
 
 
 def current_registrations(names: list[str]) -> list[Registration]:
@@ -52,6 +53,7 @@ def current_registrations(names: list[str]) -> list[Registration]:
                     id=deployment.id,
                     pool=deployment.work_pool_name,
                     polled=deployment.last_polled is not None and deployment.last_polled > recent,
+                    paused=bool(deployment.paused),
                 )
             )
     return found
@@ -65,6 +67,11 @@ def pool_registrations(names: list[str]) -> list[Registration]:
 def live_served_registrations(names: list[str]) -> list[Registration]:
     """Those of ``names`` a serve process is polling: a pool would share their runs with it."""
     return [r for r in current_registrations(names) if r.pool is None and r.polled]
+
+
+def served_elsewhere(names: list[str]) -> list[Registration]:
+    """Those of ``names`` another serve process serves now: polled lately and not paused."""
+    return [r for r in live_served_registrations(names) if not r.paused]
 
 
 def delete_registrations(registrations: list[Registration]) -> None:

@@ -33,6 +33,7 @@ from deployments.registrations import (
     describe,
     live_served_registrations,
     pool_registrations,
+    served_elsewhere,
 )
 from flows.check import check_project
 from flows.extract import CHUNK_DEPLOYMENT, extract_project
@@ -115,13 +116,20 @@ def served_deployments(
 ) -> list[RunnerDeployment]:
     """The deployments ``pacsflow serve`` serves, cleared to be served here.
 
+    With ``cron``, the shared deployments (extract-project, process-studies, check-project)
+    that another live ``pacsflow serve`` serves (the demo's, say) are left to it: Prefect
+    pauses every deployment a serve process served when it stops, so stopping this
+    scheduled pull would otherwise pause the UI's extract-project for everyone.
+
     Raises :class:`RegistrationConflict` when one of their names is registered on a work
     pool, unless ``replace``: then that registration is deleted and this one takes over.
     """
     deployments = [build_deployment(site=site), build_chunk_deployment()]
-    if cron:
-        deployments.append(build_deployment(project, manifest, cron, site=site, timezone=timezone))
     deployments.append(build_check_deployment(site))
+    if cron:
+        elsewhere = {r.name for r in served_elsewhere([d.full_name for d in deployments])}
+        deployments = [d for d in deployments if d.full_name not in elsewhere]
+        deployments.append(build_deployment(project, manifest, cron, site=site, timezone=timezone))
     on_pools = pool_registrations([d.full_name for d in deployments])
     if on_pools and not replace:
         raise RegistrationConflict(

@@ -121,3 +121,44 @@ def test_serve_after_deploy_to_a_pool_refuses_then_replaces_and_its_runs_complet
         Path(load_site_config(site.config_path).destinations["local"].path).glob("*/*/*")
     )
     assert len(exported) == sum(n for place, n in site.expected.items() if place != "neither")
+
+
+def _polled(client, name: str, timeout: float = 60):
+    """The deployment ``name`` once a serve process has polled it for runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deployment = registered_deployment(client, name)
+        if deployment.last_polled is not None:
+            return deployment
+        time.sleep(1)
+    pytest.fail(f"no serve process polled {name}")
+
+
+def test_stopping_a_scheduled_pull_pauses_its_schedule_only(served, prefect_api, tmp_path):
+    """A second ``pacsflow serve --cron`` beside the demo's: stopping it used to pause
+    extract-project (Prefect pauses what a stopped serve served) for every UI user."""
+    from prefect.client.orchestration import get_client
+
+    site = served
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "200"}
+    shared = "extract-project/extract-project"
+    scheduled = "extract-project/extract-project-sandbox-demo"
+    with get_client(sync_client=True) as client:
+        _polled(client, shared)
+        log_path = tmp_path / "serve-cron.log"
+        with log_path.open("w") as log:
+            args = ["--project", "sandbox-demo", "--config", str(site.config_path)]
+            args += ["--manifest", str(site.manifest_path)]
+            cron = start_serving(env, log, *args, "--cron", "0 2 * * *", "--timezone", "UTC")
+            try:
+                deployment = _polled(client, scheduled)
+                assert deployment.schedules[0].schedule.cron == "0 2 * * *"
+                assert not deployment.paused
+            finally:
+                stop_serving(cron)
+        said = " ".join(log_path.read_text().split())
+        assert "Stopping this process pauses the schedule of extract-project-sandbox-demo" in said
+        assert "stay with the `pacsflow serve` that already serves them" in said
+        assert client.read_deployment_by_name(scheduled).paused
+        for name in (shared, "check-project/check-project", "process-studies/process-studies"):
+            assert not client.read_deployment_by_name(name).paused, name
