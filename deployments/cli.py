@@ -666,6 +666,12 @@ def server_status() -> None:
     _served_status()
     if not running:
         raise typer.Exit(1)
+    if os.environ.get("PREFECT_API_URL") != state.api_url:
+        console.print(
+            f"For Prefect's own CLI (`prefect deployment ls`, ...): "
+            f"export PREFECT_API_URL={state.api_url}",
+            highlight=False,
+        )
 
 
 def _served_status() -> None:
@@ -741,7 +747,8 @@ def serve(
         typer.Option(help="Take over deployments registered on a work pool by `deploy`."),
     ] = False,
 ) -> None:
-    """Serve the extract-project deployment: trigger runs from the Prefect UI."""
+    """Serve extract-project, check-project and process-studies: trigger runs from the
+    Prefect UI. With --cron, also a recurring pull of --project's --manifest."""
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -753,7 +760,7 @@ def serve(
         project = str(_project_file(project, _site_path(config)).resolve())
     server = _connect(verbose=True)
     from deployments.registrations import RegistrationConflict
-    from deployments.serve import serve_deployments, served_deployments
+    from deployments.serve import DEPLOYMENT, serve_deployments, served_deployments
 
     try:
         deployments = served_deployments(
@@ -762,7 +769,18 @@ def serve(
     except RegistrationConflict as exc:
         raise _fail_input(str(exc)) from None
     hosted = _host_sandbox(sandbox) if sandbox is not None else []
-    console.print(f"Serving extract-project; trigger runs at {server.ui_url}/deployments")
+    names = ", ".join(d.name for d in deployments)
+    console.print(f"Serving {names}; trigger runs at {server.ui_url}/deployments")
+    if cron:
+        console.print(
+            f"Stopping this process pauses the schedule of {deployments[-1].name}; "
+            "`pacsflow serve` with the same --cron resumes it."
+        )
+        if not any(d.name == DEPLOYMENT for d in deployments):
+            console.print(
+                "extract-project, process-studies and check-project stay with the "
+                "`pacsflow serve` that already serves them."
+            )
     try:
         serve_deployments(deployments)
     finally:

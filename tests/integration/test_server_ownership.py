@@ -58,10 +58,12 @@ def test_a_foreign_server_on_the_port_is_not_reused_and_ours_is(
         again = ensure_server(home=home, port=foreign.port)
         assert (again.api_url, again.pid, again.started_here) == (ours.api_url, ours.pid, False)
 
+        monkeypatch.delenv("PREFECT_API_URL")  # a new shell: Prefect's CLI needs it set
         status = runner.invoke(app, ["server", "status"])
         assert status.exit_code == 0, status.output
         assert ours.ui_url in status.output and str(ours.pid) in status.output
         assert "ours: yes" in status.output
+        assert f"export PREFECT_API_URL={ours.api_url}" in " ".join(status.output.split())
 
         stopped = runner.invoke(app, ["server", "stop"])
         assert stopped.exit_code == 0, stopped.output
