@@ -8,12 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
+from uuid import UUID
 
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import ProgressArtifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
 
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import FINAL
@@ -40,8 +38,19 @@ def waiting_note(waits: list[WindowWait]) -> str:
     return " Waiting for an extraction window: " + "; ".join(parts) + "."
 
 
+def pull_run_id() -> UUID | None:
+    """The extract-project run this flow run works for: its parent if it has one (the
+    process-studies subflow and chunk runs), else itself. The user watches that run's
+    page, so the progress goes there rather than on a subflow nobody opens."""
+    return UUID(flow_run.get_parent_flow_run_id() or flow_run.get_id())
+
+
 class Progress:
-    """A progress artifact for one pull, updated from the ledger every few seconds."""
+    """A progress artifact for one pull, updated from the ledger every few seconds.
+
+    It sits on the pull's extract-project run and has the key ``<project>-progress``, so
+    the Artifacts page shows each project's latest pull too.
+    """
 
     def __init__(
         self, ws: Workspace, project: str, pull: str, total: int, chunk: int = 0, every: float = 2.0
@@ -51,7 +60,16 @@ class Progress:
         self._description = (
             f"Studies of project {project} finished in this pull (chunk {chunk}), of {total}."
         )
-        self._id = create_progress_artifact(progress=0.0, description=self._description)
+        self._id = (
+            ProgressArtifact(
+                key=f"{project}-progress",
+                progress=0.0,
+                description=self._description,
+                flow_run_id=pull_run_id(),
+            )
+            .create()
+            .id
+        )
 
     def update(self, force: bool = False, waits: list[WindowWait] | None = None) -> None:
         """Show the finished fraction, and which studies wait for a closed source."""

@@ -243,7 +243,11 @@ def test_extract_project_from_two_orthancs(scenario, prefect_api):
         stored += " ".join(str(a.data) + str(a.description) for a in artifacts)
         assert not [v for v in identifiers if v in stored]
         assert any(f.name == f"process-{PROJECT}-0" for f in subflows)
-        assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
+        # The progress is on the run the user opens (not its subflow), under the project.
+        progress = [a for a in artifacts if a.type == "progress" and a.flow_run_id in flow_ids]
+        assert [(a.flow_run_id, a.key, a.data) for a in progress] == [
+            (flow_run.id, f"{PROJECT}-progress", 100.0)
+        ]
 
     # A second run: the ledger filters everything out before any study task is made.
     second = extract_project(
