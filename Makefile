@@ -12,9 +12,14 @@ TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench system-deps clean
 
+# The demo needs pacsflow only; the tests and benchmarks also its test extra.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
@@ -24,12 +29,12 @@ demo: $(BIN)/.installed
 system-deps:
 	bash scripts/system-deps.sh
 
-test: $(BIN)/.installed system-deps
+test: $(BIN)/.installed-test system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
-bench: $(BIN)/.installed system-deps
+bench: $(BIN)/.installed-test system-deps
 	$(BIN)/python -m bench.deidentify
 	$(BIN)/python -m bench.source_limits
 	$(BIN)/python -m bench.idle_associations

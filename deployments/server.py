@@ -246,10 +246,10 @@ def ensure_server(
         prefect = _healthy(_url(port))
         what = "a Prefect server that is not pacsflow's" if prefect else "another program"
         note = (
-            f"port {port} is taken by {what}, so pacsflow started its own server on port "
-            f"{chosen}. To use the server on {port} instead, set "
-            f"PREFECT_API_URL={_url(port)}"
+            f"port {port} is taken by {what}, so pacsflow started its own server on port {chosen}."
         )
+        if prefect:  # only a Prefect server can be used instead
+            note += f" To use the server on {port} instead, set PREFECT_API_URL={_url(port)}"
         port = chosen
     return _start(home, port, wait, note)
 

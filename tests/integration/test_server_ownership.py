@@ -122,3 +122,26 @@ def test_a_server_running_on_our_home_is_never_doubled(tmp_path: Path, monkeypat
         assert not (home / "server.pid").exists()
     finally:
         older.stop()
+
+
+def test_a_port_held_by_another_program_is_not_offered_as_a_prefect_server(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Something that is not Prefect on the port: ours starts elsewhere, and the note does
+    not suggest pointing PREFECT_API_URL at that program."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "unused"))
+    other = socket.create_server(("127.0.0.1", 0))
+    port = other.getsockname()[1]
+    try:
+        ours = ensure_server(home=Path(".pacsflow/prefect"), port=port)
+        assert ours.ours and ours.started_here and f":{port}/" not in ours.api_url
+        assert f"port {port} is taken by another program" in ours.note
+        assert "PREFECT_API_URL" not in ours.note
+    finally:
+        other.close()
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        CliRunner().invoke(app, ["server", "stop"])
