@@ -24,6 +24,11 @@ LISTED = (
     StudyStatus.EXCLUDED,
 )
 
+#: Said for a study whose status is its whole reason (the flows record none for it).
+IMPLIED_REASONS = {
+    StudyStatus.NOT_FOUND.value: "no source of the project holds it (C-FIND matched nothing)",
+}
+
 
 def mask(value: str | None) -> str:
     """``12345689`` -> ``12****89``: two characters kept at each end of six or more."""
@@ -59,7 +64,7 @@ def listed_studies(session, project: str) -> list[StudyLine]:
             status=str(study.status),
             mrn=mask(study.mrn),
             accession=mask(study.accession_number),
-            reason=reasons.get(study.id, ""),
+            reason=reasons.get(study.id) or IMPLIED_REASONS.get(str(study.status), ""),
         )
         for study in session.scalars(query)
     ]

@@ -205,6 +205,7 @@ def test_status_without_flags_finds_the_demo_and_lists_studies_masked(tmp_path, 
     lines = result.output.splitlines()
     not_found = next(line for line in lines if "not_found" in line and "12****89" in line)
     assert "3" in not_found.split("12****89")[0], "listed by ledger id"
+    assert "no source of the project holds it" in not_found
     failed = next(line for line in lines if "98****32" in line)
     assert "failed" in failed and "timed out" in failed
     for identifier in ("12345689", "98765432", "ACC30003", "ACC40004"):
