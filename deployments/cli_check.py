@@ -48,6 +48,12 @@ def _print_counts(project: str, counts: dict[str, int]) -> None:
         table.add_row(LABELS[result], str(counts.get(result.value, 0)))
     console.print(table)
     console.print(f"The studies found hold {counts.get('expected_instances', 0)} instances.")
+    if counts.get(CheckResult.DONE.value):
+        console.print(
+            "Studies finished in the ledger (exported, not found, excluded) are not asked "
+            "again; `pacsflow status` shows where each came from, and `pacsflow requeue "
+            "--status not_found` makes not-found ones pending so a check asks again."
+        )
 
 
 def check(
