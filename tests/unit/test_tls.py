@@ -3,73 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import ssl
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from pacsflow.config import SourceConfig
 from pacsflow.dicom.query import StudyQuery, find_studies
 from pacsflow.errors import SourceUnavailable
 from pacsflow.sandbox import SandboxPacs, make_patients, make_study
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _write(path: Path, key, cert: x509.Certificate) -> tuple[Path, Path]:
-    key_path = path.with_suffix(".key")
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path, key_path
-
-
-def _certificate(subject: str, issuer_name, issuer_key, key, *, ca: bool):
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
+from tests.pki import make_pki
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA."""
-    files = {}
-    for label in ("ca", "other-ca"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(label, _name(label), key, key, ca=True)
-        files[label], files[f"{label}-key"] = _write(tmp_path / f"{label}.pem", key, cert)
-        if label == "ca":
-            ca_key, ca_name = key, cert.subject
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _certificate("sandbox", ca_name, ca_key, server_key, ca=False)
-    files["server"], files["server-key"] = _write(tmp_path / "server.pem", server_key, server)
-    return files
+    return make_pki(tmp_path)
 
 
 @pytest.fixture
