@@ -123,15 +123,21 @@ def test_serve_after_deploy_to_a_pool_refuses_then_replaces_and_its_runs_complet
     assert len(exported) == sum(n for place, n in site.expected.items() if place != "neither")
 
 
+SHARED = ("extract-project/extract-project", "check-project/check-project")
+SHARED += ("process-studies/process-studies",)
+
+
 def _polled(client, name: str, timeout: float = 60):
-    """The deployment ``name`` once a serve process has polled it for runs."""
+    """The deployment ``name`` once a live serve process serves it: not paused (as a serve
+    that stopped leaves it; the tests share one server) and polled in the last 15 s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         deployment = registered_deployment(client, name)
-        if deployment.last_polled is not None:
+        recent = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=15)
+        if not deployment.paused and deployment.last_polled and deployment.last_polled > recent:
             return deployment
         time.sleep(1)
-    pytest.fail(f"no serve process polled {name}")
+    pytest.fail(f"no serve process serves {name}")
 
 
 def test_stopping_a_scheduled_pull_pauses_its_schedule_only(served, prefect_api, tmp_path):
@@ -141,10 +147,10 @@ def test_stopping_a_scheduled_pull_pauses_its_schedule_only(served, prefect_api,
 
     site = served
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "200"}
-    shared = "extract-project/extract-project"
     scheduled = "extract-project/extract-project-sandbox-demo"
     with get_client(sync_client=True) as client:
-        _polled(client, shared)
+        for name in SHARED:  # all three served by the fixture's `pacsflow serve`
+            _polled(client, name)
         log_path = tmp_path / "serve-cron.log"
         with log_path.open("w") as log:
             args = ["--project", "sandbox-demo", "--config", str(site.config_path)]
@@ -160,5 +166,5 @@ def test_stopping_a_scheduled_pull_pauses_its_schedule_only(served, prefect_api,
         assert "Stopping this process pauses the schedule of extract-project-sandbox-demo" in said
         assert "stay with the `pacsflow serve` that already serves them" in said
         assert client.read_deployment_by_name(scheduled).paused
-        for name in (shared, "check-project/check-project", "process-studies/process-studies"):
+        for name in SHARED:
             assert not client.read_deployment_by_name(name).paused, name
