@@ -12,7 +12,6 @@ import contextvars
 import gc
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,10 +30,10 @@ from rich.table import Table
 from deployments import projects
 from deployments.cli_projects import app as projects_app
 from deployments.cli_report import report as report_command
+from deployments.options import ConfigOption, ProjectOption, SiteOption
 from deployments.server import ensure_server, is_ours, read_state, stop_local_server
 from deployments.status import LISTED, listed_studies
 from pacsflow.config import (
-    SLUG,
     ProjectConfig,
     SiteConfig,
     load_project_config,
@@ -59,38 +58,6 @@ console = Console()
 DEFAULT_SITE = "default"
 #: Statuses that end an attempt (the progress bar's "done"); every final status.
 DONE = tuple(status.value for status in FINAL)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Site configuration file [default: pacsflow.yaml, else the demo's].",
-        show_default=False,
-    ),
-]
-ProjectOption = Annotated[
-    str, typer.Option(help="Project file (projects/my-study.yaml) or its slug (my-study).")
-]
-
-
-def _site_name(value: str) -> str:
-    if not re.fullmatch(SLUG, value):
-        raise typer.BadParameter(
-            f"{value!r} is not a block name: use lowercase letters, digits and dashes"
-        )
-    return value
-
-
-SiteOption = Annotated[
-    str,
-    typer.Option(
-        "--site",
-        envvar="PACSFLOW_SITE",
-        callback=_site_name,
-        help="Name of the site block on the Prefect server: one per site sharing a server.",
-    ),
-]
 
 
 def _version(value: bool) -> None:

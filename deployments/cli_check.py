@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deployments.options import ConfigOption, SiteOption
 from pacsflow.check import LABELS, CheckResult
 from pacsflow.config import SiteConfig, load_project_config, load_site_config
 from pacsflow.errors import ConfigError, ManifestError
@@ -59,33 +60,16 @@ def _print_counts(project: str, counts: dict[str, int]) -> None:
 def check(
     project: Annotated[str, typer.Option(help="Project file, or the slug of a registered one.")],
     manifest: Annotated[Path, typer.Option(help="Manifest, .csv or .parquet")],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Site configuration file [default: pacsflow.yaml, else the demo's].",
-            show_default=False,
-        ),
-    ] = None,
-    site_name: Annotated[
-        str,
-        typer.Option(
-            "--site", envvar="PACSFLOW_SITE", help="Name of the site block on the Prefect server."
-        ),
-    ] = "default",
+    config: ConfigOption = None,
+    site_name: SiteOption = "default",
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
 ) -> None:
     """Pre-flight check: ask every source where each study is (C-FIND only, nothing is
     retrieved) and print the studies per class. Exit 0 when the check ran, 1 when it
     failed, 2 on invalid input."""
-    from deployments.cli import _connect, _fail_input, _site_name, _site_path
+    from deployments.cli import _connect, _site_path
 
     config = _site_path(config)
-    try:
-        _site_name(site_name)
-    except typer.BadParameter as exc:
-        raise _fail_input(str(exc)) from None
     site, target = _validate(config, project, manifest)
     _connect(verbose)
     from blocks.site import save_site

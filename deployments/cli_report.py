@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from deployments.options import ConfigOption
 from pacsflow.config import load_site_config
 from pacsflow.errors import ConfigError
 from pacsflow.report import ReportFormat, study_report, write_report
@@ -23,15 +24,7 @@ def report(
         str | None,
         typer.Option(help="Project file or slug [default: the ledger's only project]."),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Site configuration file [default: pacsflow.yaml, else the demo's].",
-            show_default=False,
-        ),
-    ] = None,
+    config: ConfigOption = None,
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="File format.", case_sensitive=False)
     ] = ReportFormat.CSV,

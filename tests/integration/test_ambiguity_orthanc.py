@@ -12,15 +12,13 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import yaml
 
-from pacsflow.config import SiteConfig
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
 from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -55,38 +53,12 @@ def twins(orthanc_factory, ledger_url, tmp_path):
         studies[study_date] = str(datasets[0].StudyInstanceUID)
     assert len(set(studies.values())) == 2, "two distinct studies"
 
-    site = SiteConfig.model_validate(
-        {
-            "ledger": ledger_url,
-            "receiver": {"ae_title": "PACSFLOW", "port": receiver_port},
-            "staging": str(tmp_path / "staging"),
-            "sources": {
-                "primary": {
-                    "ae_title": "PRIMARY",
-                    "host": "127.0.0.1",
-                    "port": pacs.dicom_port,
-                    "max_concurrent": 2,
-                    "retrieve": "move",
-                    "timeout": 20,
-                }
-            },
-            "destinations": {"out": {"type": "filesystem", "path": str(tmp_path / "export")}},
-        }
-    )
-    project_file = tmp_path / "projects" / f"{PROJECT}.yaml"
-    project_file.parent.mkdir()
-    project = {
-        "name": PROJECT,
-        "sources": ["primary"],
-        "destination": "out",
-        "key_secret": f"{PROJECT}-key-{tmp_path.name[-12:].lower().replace('_', '-')}",
-    }
-    project_file.write_text(yaml.safe_dump(project))
-    manifest = tmp_path / "manifest.csv"
-    pd.DataFrame(
-        [{"mrn": patient.mrn, "accession_number": "ACC-TWIN-1", "study_date": str(ON_DATE)}]
-    ).to_csv(manifest, index=False)
-    yield site, project_file, project, manifest, studies, tmp_path
+    source = orthanc_source(pacs, max_concurrent=2, timeout=20)
+    site = filesystem_site(tmp_path, ledger_url, receiver_port, {"primary": source})
+    project_file = write_project(tmp_path, PROJECT, ["primary"])
+    row = {"mrn": patient.mrn, "accession_number": "ACC-TWIN-1", "study_date": str(ON_DATE)}
+    manifest = write_manifest(tmp_path, [row])
+    yield site, project_file, manifest, studies, tmp_path
     from pacsflow.dicom.receiver import stop_process_receiver
 
     stop_process_receiver()
@@ -102,7 +74,7 @@ def test_orthanc_twins_are_ambiguous_by_default_and_date_match_takes_the_one_on_
     from blocks.site import save_site
     from flows.extract import extract_project
 
-    site, project_file, project, manifest, studies, tmp = twins
+    site, project_file, manifest, studies, tmp = twins
     save_site(site)
     run = {"project": str(project_file), "manifest": str(manifest)}
 
@@ -119,7 +91,7 @@ def test_orthanc_twins_are_ambiguous_by_default_and_date_match_takes_the_one_on_
     staged = [p for p in (tmp / "staging").rglob("*") if p.is_file()]
     assert not staged, "nothing is retrieved while ambiguous"
 
-    project_file.write_text(yaml.safe_dump({**project, "ambiguity": "date_match"}))
+    write_project(tmp, PROJECT, ["primary"], ambiguity="date_match")
     with sessions() as session:
         assert repo.requeue(session, PROJECT, StudyStatus.AMBIGUOUS) == 1
     second = extract_project(**run, return_state=True)

@@ -13,15 +13,13 @@ import json
 import re
 from pathlib import Path
 
-import pandas as pd
 import pydicom
 import pytest
-import yaml
 
-from pacsflow.config import SiteConfig
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
 from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.prefect_records import flush_to_server, run_tree
 from tests.servers import free_port
 
@@ -86,46 +84,13 @@ def scenario(orthanc_factory, ledger_url, tmp_path):
         )
         studies[accession] = {"patient": patient, "place": place, "datasets": datasets}
 
-    site = SiteConfig.model_validate(
-        {
-            "ledger": ledger_url,
-            "receiver": {"ae_title": "PACSFLOW", "port": receiver_port},
-            "staging": str(tmp_path / "staging"),
-            "sources": {
-                "primary": {
-                    "ae_title": "PRIMARY",
-                    "host": "127.0.0.1",
-                    "port": primary.dicom_port,
-                    "max_concurrent": 3,
-                    "retrieve": "move",
-                    "timeout": 20,
-                },
-                "secondary": {
-                    "ae_title": "SECONDARY",
-                    "host": "127.0.0.1",
-                    "port": secondary.dicom_port,
-                    "max_concurrent": 1,
-                    "retrieve": "get",
-                    "timeout": 20,
-                },
-            },
-            "destinations": {"out": {"type": "filesystem", "path": str(tmp_path / "export")}},
-        }
-    )
-    project_file = tmp_path / "projects" / f"{PROJECT}.yaml"
-    project_file.parent.mkdir()
-    project_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": PROJECT,
-                "sources": ["primary", "secondary"],
-                "destination": "out",
-                "key_secret": f"{PROJECT}-key-{tmp_path.name[-12:].lower().replace('_', '-')}",
-            }
-        )
-    )
-    manifest = tmp_path / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
+    sources = {
+        "primary": orthanc_source(primary, max_concurrent=3, timeout=20),
+        "secondary": orthanc_source(secondary, retrieve="get", max_concurrent=1, timeout=20),
+    }
+    site = filesystem_site(tmp_path, ledger_url, receiver_port, sources)
+    project_file = write_project(tmp_path, PROJECT, ["primary", "secondary"])
+    manifest = write_manifest(tmp_path, rows)
     yield {
         "site": site,
         "project_file": project_file,

@@ -35,10 +35,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pandas as pd
 import pydicom
 import pytest
-import yaml
 
 from deployments.server import server_command
 from pacsflow.config import SiteConfig
@@ -46,6 +44,7 @@ from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
 from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
 from tests.integration.conftest import require
+from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.prefect_records import run_logs
 from tests.servers import (
     OrthancServer,
@@ -122,48 +121,15 @@ def _site(
         rows.append(
             {"mrn": patient.mrn, "accession_number": accession, "study_date": str(study_date)}
         )
-    site = SiteConfig.model_validate(
-        {
-            "ledger": ledger,
-            "receiver": {"ae_title": "PACSFLOW", "port": receiver_port},
-            "staging": str(tmp_path / "staging"),
-            "sources": {
-                "primary": {
-                    "ae_title": "PRIMARY",
-                    "host": "127.0.0.1",
-                    "port": primary.dicom_port,
-                    "max_concurrent": 2,
-                    "retrieve": "move",
-                    "timeout": 5,
-                    "retry_delays": PRIMARY_RETRY_DELAYS,
-                },
-                "secondary": {
-                    "ae_title": "SECONDARY",
-                    "host": "127.0.0.1",
-                    "port": secondary.dicom_port,
-                    "max_concurrent": 1,
-                    "retrieve": "get",
-                    "timeout": 5,
-                },
-            },
-            "destinations": {"out": {"type": "filesystem", "path": str(tmp_path / "export")}},
-        }
-    )
-    project_file = tmp_path / "projects" / f"{PROJECT}.yaml"
-    project_file.parent.mkdir()
-    key = f"{PROJECT}-key-{tmp_path.name[-12:].lower().replace('_', '-')}"
-    project_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": PROJECT,
-                "sources": ["primary", "secondary"],
-                "destination": "out",
-                "key_secret": key,
-            }
-        )
-    )
-    manifest = tmp_path / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
+    sources = {
+        "primary": orthanc_source(
+            primary, max_concurrent=2, timeout=5, retry_delays=PRIMARY_RETRY_DELAYS
+        ),
+        "secondary": orthanc_source(secondary, retrieve="get", max_concurrent=1, timeout=5),
+    }
+    site = filesystem_site(tmp_path, ledger, receiver_port, sources)
+    project_file = write_project(tmp_path, PROJECT, ["primary", "secondary"])
+    manifest = write_manifest(tmp_path, rows)
     scenario = {
         "site": site,
         "project": str(project_file),

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pandas as pd
 import pytest
-import yaml
 
-from pacsflow.config import SiteConfig, SourceConfig
+from pacsflow.config import SourceConfig
 from pacsflow.dicom.query import StudyQuery, find_studies
 from pacsflow.errors import SourceUnavailable
 from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.pki import make_pki
 from tests.servers import free_port
 
@@ -79,27 +78,11 @@ def test_an_extraction_over_mutual_tls_exports_the_study(
 
     pacs, pki, patient = tls_orthanc
     tls = {"ca_file": pki["ca"], "cert_file": pki["pacsflow"], "key_file": pki["pacsflow-key"]}
-    source = _source(pacs, **tls).model_dump(mode="json", exclude_none=True)
-    site = SiteConfig.model_validate(
-        {
-            "ledger": ledger_url,
-            "receiver": {"ae_title": "PACSFLOW", "port": free_port()},
-            "staging": str(tmp_path / "staging"),
-            "sources": {"secure": source},
-            "destinations": {"out": {"type": "filesystem", "path": str(tmp_path / "export")}},
-        }
-    )
-    project_file = tmp_path / "projects" / f"{PROJECT}.yaml"
-    project_file.parent.mkdir()
-    key = f"{PROJECT}-key-{tmp_path.name[-12:].lower().replace('_', '-')}"
-    project_file.write_text(
-        yaml.safe_dump(
-            {"name": PROJECT, "sources": ["secure"], "destination": "out", "key_secret": key}
-        )
-    )
-    manifest = tmp_path / "manifest.csv"
+    source = orthanc_source(pacs, retrieve="get", timeout=10, tls=tls)
+    site = filesystem_site(tmp_path, ledger_url, free_port(), {"secure": source})
+    project_file = write_project(tmp_path, PROJECT, ["secure"])
     row = {"mrn": patient.mrn, "accession_number": "TLS00001", "study_date": "2023-02-01"}
-    pd.DataFrame([row]).to_csv(manifest, index=False)
+    manifest = write_manifest(tmp_path, [row])
     save_site(site)
 
     state = extract_project(project=str(project_file), manifest=str(manifest), return_state=True)
