@@ -28,7 +28,7 @@ from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from pacsflow.sandbox.synthetic import make_patients, make_study
+from pacsflow.sandbox.synthetic import make_patients, study_of
 
 CT_TEMPLATE = "693_UNCI.dcm"
 _FIRST_DATE = dt.date(2019, 1, 1)
@@ -69,13 +69,10 @@ def synthetic_studies(n_studies: int, n_instances: int = 1, seed: int = 0) -> It
     """``n_studies`` small CT studies of one series of ``n_instances``, one patient each."""
     for index, patient in enumerate(make_patients(n_studies, seed)):
         accession, study_date = _identity(index, seed)
-        datasets = make_study(
-            mrn=patient.mrn,
+        datasets = study_of(
+            patient,
             accession=accession,
             study_date=study_date,
-            patient_name=patient.name,
-            birth_date=patient.birth_date,
-            sex=patient.sex,
             modality="CT",
             n_series=1,
             n_instances=n_instances,

@@ -20,7 +20,7 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from pacsflow.sandbox import FakePatient, make_study
+from pacsflow.sandbox import FakePatient, study_of
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -43,13 +43,10 @@ def base_study(
     patient: FakePatient, accession: str, n: int, study_date: dt.date = dt.date(2024, 3, 5)
 ) -> list[Dataset]:
     """``n`` CT instances of one series, with ``patient``'s identifiers in the header."""
-    return make_study(
-        mrn=patient.mrn,
+    return study_of(
+        patient,
         accession=accession,
         study_date=study_date,
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
         n_series=1,
         n_instances=n,
     )

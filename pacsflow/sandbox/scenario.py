@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from pacsflow.sandbox.pacs import SandboxPacs
-from pacsflow.sandbox.synthetic import make_patients, make_study
+from pacsflow.sandbox.synthetic import make_patients, study_of
 
 PROJECT = "sandbox-demo"
 #: The manifest of the studies held back for a second pull (``extra_studies``).
@@ -99,13 +99,10 @@ def build_sandbox(
         accession = f"ACC{seed:02d}{number:06d}"
         study_date = dt.date(2018, 1, 1) + dt.timedelta(days=rng.randrange(6 * 365))
         modality = rng.choice(["CT", "MR"])
-        study = make_study(
-            mrn=patient.mrn,
+        study = study_of(
+            patient,
             accession=accession,
             study_date=study_date,
-            patient_name=patient.name,
-            birth_date=patient.birth_date,
-            sex=patient.sex,
             modality=modality,
             n_series=2,
             n_instances=instances,

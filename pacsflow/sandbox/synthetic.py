@@ -245,6 +245,22 @@ def make_study(
     return datasets
 
 
+def study_of(
+    patient: FakePatient, *, accession: str, study_date: datetime.date, **settings
+) -> list[Dataset]:
+    """:func:`make_study` for one of :func:`make_patients`' patients; ``settings`` are
+    its other arguments (``modality``, ``n_series``, ``n_instances``, ``seed``)."""
+    return make_study(
+        mrn=patient.mrn,
+        accession=accession,
+        study_date=study_date,
+        patient_name=patient.name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        **settings,
+    )
+
+
 def write_study(datasets: list[Dataset], folder: Path) -> list[Path]:
     """Write each dataset as ``<SOPInstanceUID>.dcm`` in ``folder``; return the paths.
 

@@ -17,7 +17,7 @@ import pytest
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
-from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from pacsflow.sandbox.synthetic import make_patients, study_of, write_study
 from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.servers import free_port
 
@@ -36,13 +36,10 @@ def twins(orthanc_factory, ledger_url, tmp_path):
     patient = make_patients(1, seed=11)[0]
     studies = {}
     for study_date, n_instances in ((ON_DATE, 2), (OTHER_DATE, 4)):
-        datasets = make_study(
-            mrn=patient.mrn,
+        datasets = study_of(
+            patient,
             accession="ACC-TWIN-1",
             study_date=study_date,
-            patient_name=patient.name,
-            birth_date=patient.birth_date,
-            sex=patient.sex,
             modality="CT",
             n_series=1,
             n_instances=n_instances,

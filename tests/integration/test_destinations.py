@@ -38,7 +38,7 @@ from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
 from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Workspace, deidentify_and_export
-from pacsflow.sandbox import make_patients, make_study
+from pacsflow.sandbox import make_patients, make_study, study_of
 from pacsflow.sandbox.synthetic import write_study
 from tests.cutting_proxy import CuttingProxy
 from tests.ftps_server import PASSWORD, USER, FtpsServer, start_ftps_server
@@ -111,13 +111,10 @@ destination: {destination}
 def stage_study(ws: Workspace, project: str, seed: int) -> tuple[int, list[pydicom.Dataset]]:
     """A study in the ledger and in raw staging, as a C-MOVE would have left it."""
     patient = make_patients(1, seed=seed)[0]
-    study = make_study(
-        mrn=patient.mrn,
+    study = study_of(
+        patient,
         accession=f"ACC{seed:05d}",
         study_date=DATE,
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
         n_series=2,
         n_instances=3,
         seed=seed,

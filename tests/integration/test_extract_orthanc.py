@@ -18,7 +18,7 @@ import pytest
 
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
-from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from pacsflow.sandbox.synthetic import make_patients, study_of, write_study
 from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.prefect_records import flush_to_server, run_tree
 from tests.servers import free_port
@@ -58,13 +58,10 @@ def scenario(orthanc_factory, ledger_url, tmp_path):
     rows, studies = [], {}
     for number, (patient, place) in enumerate(zip(patients, placement, strict=True)):
         accession = f"ACC{number:05d}"
-        datasets = make_study(
-            mrn=patient.mrn,
+        datasets = study_of(
+            patient,
             accession=accession,
             study_date=dt.date(2021, 3, number + 1),
-            patient_name=patient.name,
-            birth_date=patient.birth_date,
-            sex=patient.sex,
             modality="CT",
             n_series=2,
             n_instances=2,

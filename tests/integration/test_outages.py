@@ -42,7 +42,7 @@ from deployments.server import server_command
 from pacsflow.config import SiteConfig
 from pacsflow.ledger import make_engine, session_factory
 from pacsflow.ledger.models import Study
-from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from pacsflow.sandbox.synthetic import make_patients, study_of, write_study
 from tests.integration.conftest import require
 from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.prefect_records import run_logs
@@ -104,13 +104,10 @@ def _site(
     for number, patient in enumerate(make_patients(n_studies, seed=11)):
         accession = f"OUT{number:05d}"
         study_date = dt.date(2022, 1, 1) + dt.timedelta(days=number)
-        datasets = make_study(
-            mrn=patient.mrn,
+        datasets = study_of(
+            patient,
             accession=accession,
             study_date=study_date,
-            patient_name=patient.name,
-            birth_date=patient.birth_date,
-            sex=patient.sex,
             n_series=2,
             n_instances=INSTANCES_PER_STUDY // 2,
             seed=11,

@@ -16,7 +16,7 @@ import pytest
 from pacsflow.config import SourceConfig
 from pacsflow.dicom.query import StudyQuery, find_studies
 from pacsflow.errors import SourceUnavailable
-from pacsflow.sandbox.synthetic import make_patients, make_study, write_study
+from pacsflow.sandbox.synthetic import make_patients, study_of, write_study
 from tests.orthanc_sites import filesystem_site, orthanc_source, write_manifest, write_project
 from tests.pki import make_pki
 from tests.servers import free_port
@@ -42,13 +42,10 @@ def tls_orthanc(orthanc_factory, tmp_path):
         },
     )
     patient = make_patients(1, seed=5)[0]
-    datasets = make_study(
-        mrn=patient.mrn,
+    datasets = study_of(
+        patient,
         accession="TLS00001",
         study_date=dt.date(2023, 2, 1),
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
         modality="CT",
         n_series=1,
         n_instances=3,

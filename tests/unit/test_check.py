@@ -25,7 +25,8 @@ from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study
 from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Located, Workspace, locate
-from pacsflow.sandbox import SandboxPacs, make_patients, make_study
+from pacsflow.sandbox import SandboxPacs, make_patients
+from pacsflow.sandbox import study_of as sandbox_study
 from pacsflow.sandbox.activity import OperationKind
 from tests.servers import free_port
 
@@ -37,13 +38,10 @@ PATIENTS = make_patients(4, seed=33)
 
 
 def study_of(patient, accession: str, study_date: dt.date = DATE, **kwargs) -> list[Dataset]:
-    return make_study(
-        mrn=patient.mrn,
+    return sandbox_study(
+        patient,
         accession=accession,
         study_date=study_date,
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
         modality="CT",
         **kwargs,
     )

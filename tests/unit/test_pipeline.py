@@ -47,7 +47,8 @@ from pacsflow.pipeline import (
     locate,
     record_not_found,
 )
-from pacsflow.sandbox import FakePatient, SandboxPacs, make_patients, make_study
+from pacsflow.sandbox import FakePatient, SandboxPacs, make_patients
+from pacsflow.sandbox import study_of as sandbox_study
 
 PROJECT = ProjectConfig(name="my-study", sources=["primary", "secondary"], destination="local")
 PSEUDONYMIZER = Pseudonymizer(bytes(range(32)))
@@ -64,13 +65,10 @@ def free_port() -> int:
 def study_of(
     patient: FakePatient, accession: str, modality: str, study_date: dt.date = DATE, **kwargs: int
 ) -> list[Dataset]:
-    return make_study(
-        mrn=patient.mrn,
+    return sandbox_study(
+        patient,
         accession=accession,
         study_date=study_date,
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
         modality=modality,
         **kwargs,
     )

@@ -11,7 +11,7 @@ import pytest
 from pacsflow.config import SourceConfig
 from pacsflow.dicom.query import StudyQuery, find_studies
 from pacsflow.errors import SourceUnavailable
-from pacsflow.sandbox import SandboxPacs, make_patients, make_study
+from pacsflow.sandbox import SandboxPacs, make_patients, study_of
 from tests.pki import make_pki
 
 
@@ -26,13 +26,10 @@ def tls_pacs(tmp_path: Path, pki: dict[str, Path]):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(pki["server"]), str(pki["server-key"]))
     patient = make_patients(1, seed=3)[0]
-    study = make_study(
-        mrn=patient.mrn,
+    study = study_of(
+        patient,
         accession="TLS0001",
         study_date=dt.date(2024, 1, 2),
-        patient_name=patient.name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
         n_series=1,
         n_instances=1,
     )
