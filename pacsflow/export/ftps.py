@@ -5,10 +5,10 @@ The zip is uploaded as ``<directory>/<project>/.partial/<pseudo study>.<digest>.
 renamed into place once its size matches, so a reader never sees half a study. The
 zip is deterministic (:mod:`pacsflow.export.archive`) and the digest names the build:
 an upload cut off half-way is continued from where it stopped (``REST``) by the next
-attempt; a partial upload of another build is deleted. The zip is read straight out of
-the study's files as it is sent, never written to local disk first (that copy cost more
-than the upload). After the rename the zip's entries are counted on the server, from
-its last bytes.
+attempt, which writes the zip again and sends only the bytes past that point; a partial
+upload of another build is deleted. The zip is written straight into the data
+connection, never to local disk first (that copy cost more than the upload). After the
+rename the zip's entries are counted on the server, from its last bytes.
 
 ``AUTH TLS`` protects the control connection and ``PROT P`` the data connections;
 the server's certificate is checked against ``ca_file`` (or the system's CAs).
@@ -29,7 +29,13 @@ from pathlib import Path
 
 from pacsflow.config import FtpsDestinationConfig
 from pacsflow.errors import PermanentError, RetriableError
-from pacsflow.export.archive import TAIL_BYTES, StudyZip, entries_from_tail
+from pacsflow.export.archive import (
+    TAIL_BYTES,
+    SkippingWriter,
+    entries_from_tail,
+    study_digest,
+    write_study_zip,
+)
 from pacsflow.export.factory import register
 from pacsflow.export.protocol import ExportReceipt
 from pacsflow.export.verification import DeliveryIncomplete
@@ -84,7 +90,7 @@ class FtpsDestination:
         with self._connection() as ftp:
             if self._size(ftp, final) is not None:
                 return ExportReceipt(location, self._entries(ftp, final), already_present=True)
-            self._upload(ftp, StudyZip(files), project, pseudo_study, final)
+            self._upload(ftp, files, project, pseudo_study, final)
             held = self._entries(ftp, final)
         if held != len(files):
             raise DeliveryIncomplete(
@@ -109,29 +115,24 @@ class FtpsDestination:
     # -- steps --------------------------------------------------------------------------
 
     def _upload(
-        self, ftp: ftplib.FTP_TLS, study_zip: StudyZip, project: str, pseudo_study: str, final: str
+        self, ftp: ftplib.FTP_TLS, files: list[Path], project: str, pseudo_study: str, final: str
     ) -> None:
-        """Upload (or finish uploading) ``study_zip`` as a partial, then rename it to ``final``."""
+        """Upload (or finish uploading) the zip of ``files`` as a partial, then rename it."""
         partial_dir = self._remote(project, ".partial")
-        partial = posixpath.join(partial_dir, f"{pseudo_study}.{study_zip.digest}.zip")
+        partial = posixpath.join(partial_dir, f"{pseudo_study}.{study_digest(files)}.zip")
         self._makedirs(ftp, partial_dir)
         for name in self._list(ftp, partial_dir):
             other = posixpath.join(partial_dir, posixpath.basename(name))
             if posixpath.basename(name).startswith(pseudo_study + ".") and other != partial:
                 ftp.delete(other)  # an attempt with different content: cannot be resumed
-        total = study_zip.size
         offset = self._size(ftp, partial) or 0
-        if offset > total:
-            ftp.delete(partial)
-            offset = 0
-        if offset < total:
-            if offset:
-                LOGGER.info("resuming an upload at byte %d of %d", offset, total)
-            with study_zip.open() as handle:
-                handle.seek(offset)
-                ftp.storbinary(f"STOR {partial}", handle, blocksize=_BLOCK, rest=offset or None)
+        if offset:
+            LOGGER.info("resuming an upload at byte %d", offset)
+        total = _store_zip(ftp, files, partial, offset)
         uploaded = self._size(ftp, partial)
         if uploaded != total:
+            if uploaded is not None and uploaded > total:
+                ftp.delete(partial)  # longer than the zip: not ours to continue
             raise RetriableError(
                 f"{self.describe()} holds {uploaded} of the {total} bytes of the study's zip "
                 "after the upload; the next attempt continues it"
@@ -209,6 +210,21 @@ class FtpsDestination:
             # 550: it exists already (or cannot be made, which the STOR then reports).
             with contextlib.suppress(ftplib.error_perm):
                 ftp.mkd(path)
+
+
+def _store_zip(ftp: ftplib.FTP_TLS, files: list[Path], remote: str, offset: int) -> int:
+    """Write the zip of ``files`` into ``STOR remote`` from byte ``offset``; its size.
+
+    As ftplib's ``storbinary`` does, with the zip written into the data connection
+    instead of read from a file: the bytes before ``offset`` are made and dropped.
+    """
+    with ftp.transfercmd(f"STOR {remote}", offset or None) as conn:
+        writer = SkippingWriter(conn.sendall, skip=offset, block=_BLOCK)
+        write_study_zip(files, writer)
+        if isinstance(conn, ssl.SSLSocket):
+            conn.unwrap()
+    ftp.voidresp()
+    return writer.written
 
 
 def _download(ftp: ftplib.FTP_TLS, command: str, rest: int = 0) -> bytes:
