@@ -34,10 +34,10 @@ from pacsflow.dicom.receiver import stop_process_receiver
 from pacsflow.dicom.retrieve import get_instances
 from pacsflow.ledger import make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
-from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Fetched, Located, Workspace, fetch, locate
 from pacsflow.sandbox.synthetic import make_patients, write_study
 from tests.integration.conftest import require_dcmtk
+from tests.ledger_rows import ingest_study
 from tests.servers import free_port
 from tests.unit.test_pipeline import study_of
 
@@ -113,16 +113,7 @@ def complete_after_a_cut(
     engine = make_engine(site.ledger)
     migrate(engine)
     ws = Workspace(site=site, sessions=session_factory(engine))
-    first = study[0]
-    row = ManifestRow(
-        row=1,
-        study_date=DATE,
-        mrn=str(first.PatientID),
-        accession_number=str(first.AccessionNumber),
-    )
-    with ws.sessions() as session:
-        repo.ingest_manifest(session, "complete", [row])
-        [(study_id, _ref)] = repo.studies_to_process(session, "complete")
+    study_id = ingest_study(ws.sessions, "complete", study, DATE)
     with SourceAssociation(site.sources[source], ws.calling_ae) as association:
         assert locate(ws, study_id, source, association) == Located.FOUND
         with ws.sessions() as session:

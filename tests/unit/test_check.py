@@ -28,6 +28,7 @@ from pacsflow.pipeline import Located, Workspace, locate
 from pacsflow.sandbox import SandboxPacs, make_patients
 from pacsflow.sandbox import study_of as sandbox_study
 from pacsflow.sandbox.activity import OperationKind
+from tests.ledger_rows import ingest_study
 from tests.servers import free_port
 
 PROJECT = "check-study"
@@ -100,17 +101,7 @@ def ws(tmp_path: Path, primary: SandboxPacs, secondary: SandboxPacs) -> Iterator
 
 
 def add_row(ws: Workspace, study: list[Dataset]) -> int:
-    first = study[0]
-    row = ManifestRow(
-        row=1,
-        study_date=DATE,
-        mrn=str(first.PatientID),
-        accession_number=str(first.AccessionNumber),
-    )
-    with ws.sessions() as session:
-        repo.ingest_manifest(session, PROJECT, [row])
-        ids, _done = checks.manifest_studies(session, PROJECT, [row])
-    return ids[0]
+    return ingest_study(ws.sessions, PROJECT, study, DATE)
 
 
 def check(ws: Workspace, study_id: int, policy="none") -> CheckResult:

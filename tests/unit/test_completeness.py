@@ -36,10 +36,10 @@ from pacsflow.dicom.receiver import stop_process_receiver
 from pacsflow.errors import RetriableError
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
-from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Located, Workspace, begin, deidentify_and_export, fetch, locate
 from pacsflow.sandbox import SandboxPacs, make_patients
 from pacsflow.sandbox.activity import Operation, OperationKind
+from tests.ledger_rows import ingest_study
 from tests.unit.test_pipeline import study_of  # a sandbox study of one fake patient
 
 PSEUDONYMIZER = Pseudonymizer(bytes(range(32)))
@@ -135,16 +135,7 @@ def located(
     ws: Workspace, study: list[Dataset], source: str, lane: dict[str, SourceAssociation]
 ) -> int:
     """A ledger row for the study, begun and located at ``source``."""
-    first = study[0]
-    row = ManifestRow(
-        row=1,
-        study_date=DATE,
-        mrn=str(first.PatientID),
-        accession_number=str(first.AccessionNumber),
-    )
-    with ws.sessions() as session:
-        repo.ingest_manifest(session, "complete", [row])
-        [(study_id, _ref)] = repo.studies_to_process(session, "complete")
+    study_id = ingest_study(ws.sessions, "complete", study, DATE)
     assert begin(ws, study_id)
     assert locate(ws, study_id, source, lane[source]) == Located.FOUND
     return study_id

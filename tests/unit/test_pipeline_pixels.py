@@ -26,9 +26,9 @@ from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
-from pacsflow.manifest import ManifestRow
 from pacsflow.pipeline import Workspace, deidentify_and_export
 from pacsflow.sandbox import FakePatient, make_patients
+from tests.ledger_rows import ingest_study
 from tests.pixel_phantoms import SC_RECIPE, base_study, ct_slice, secondary_capture, ultrasound
 
 pytestmark = pytest.mark.skipif(
@@ -65,15 +65,8 @@ def ws(tmp_path: Path) -> Iterator[Workspace]:
 def stage(ws: Workspace, study: list[Dataset]) -> int:
     """Ledger row located at the source, files in raw staging: as after ``fetch``."""
     first = study[0]
-    row = ManifestRow(
-        row=1,
-        study_date=DATE,
-        mrn=str(first.PatientID),
-        accession_number=str(first.AccessionNumber),
-    )
+    study_id = ingest_study(ws.sessions, "pixels", study, DATE)
     with ws.sessions() as session:
-        repo.ingest_manifest(session, "pixels", [row])
-        study_id = max(i for i, _ref in repo.studies_to_process(session, "pixels"))
         repo.update_study(
             session,
             study_id,
