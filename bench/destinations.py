@@ -40,7 +40,6 @@ from pacsflow.config import (
     DicomDestinationConfig,
     DicomwebDestinationConfig,
     FilesystemDestinationConfig,
-    FtpsDestinationConfig,
 )
 from pacsflow.export import make_destination
 from pacsflow.export.archive import write_study_zip
@@ -151,16 +150,7 @@ def main() -> None:
                         ftp.storbinary("STOR plain.zip", handle, blocksize=1 << 20)
 
             floor = timed(plain_upload)
-            drop = make_destination(
-                FtpsDestinationConfig(
-                    type="ftps",
-                    host="127.0.0.1",
-                    port=ftps.port,
-                    username=USER,
-                    password=PASSWORD,
-                    ca_file=ftps.certificate.ca_file,
-                )
-            )
+            drop = make_destination(ftps.destination())
             ours = timed(lambda: drop.export(study_b, "bench", "PAT", uid_b))
             results.append(row("ftps", n, floor, ours, "plain STOR"))
 

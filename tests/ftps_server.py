@@ -24,8 +24,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.servers import LOOPBACK, free_port, log_tail
+
+if TYPE_CHECKING:
+    from pacsflow.config import FtpsDestinationConfig
 
 USER = "research"
 PASSWORD = "s3cret-ftps"
@@ -114,6 +118,20 @@ class FtpsServer:
     pid: int
     host: str = LOOPBACK
     _process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def destination(self, **settings: object) -> FtpsDestinationConfig:
+        """The FTPS destination settings that log in to this server (``settings`` added)."""
+        from pacsflow.config import FtpsDestinationConfig  # not needed by the server itself
+
+        return FtpsDestinationConfig(
+            type="ftps",
+            host=self.host,
+            port=self.port,
+            username=USER,
+            password=PASSWORD,
+            ca_file=self.certificate.ca_file,
+            **settings,
+        )
 
     @property
     def log_path(self) -> Path:

@@ -25,7 +25,6 @@ import requests
 from pacsflow.config import (
     DicomDestinationConfig,
     DicomwebDestinationConfig,
-    FtpsDestinationConfig,
     load_project_config,
     load_site_config,
 )
@@ -268,16 +267,7 @@ def test_a_cut_ftps_upload_resumes_and_leaves_one_zip(tmp_path: Path) -> None:
     folder, study_uid = deid_study(tmp_path, seed=12)
     server = start_ftps_server(tmp_path / "ftps", cut_after_bytes=half_of(folder))
     try:
-        destination = make_destination(
-            FtpsDestinationConfig(
-                type="ftps",
-                host="127.0.0.1",
-                port=server.port,
-                username=USER,
-                password=PASSWORD,
-                ca_file=server.certificate.ca_file,
-            )
-        )
+        destination = make_destination(server.destination())
         with pytest.raises(RetriableError):
             destination.export(folder, "lung-ct", "PAT", study_uid)
         assert server.cut_marker.exists()
@@ -340,14 +330,7 @@ def test_ftps_wrong_password_and_untrusted_certificate_are_permanent(
     tmp_path: Path, ftps: FtpsServer
 ) -> None:
     folder, study_uid = deid_study(tmp_path, seed=22, n_instances=1)
-    good = FtpsDestinationConfig(
-        type="ftps",
-        host="127.0.0.1",
-        port=ftps.port,
-        username=USER,
-        password=PASSWORD,
-        ca_file=ftps.certificate.ca_file,
-    )
+    good = ftps.destination()
     wrong_password = changed(good, password="guess")
     with pytest.raises(PermanentError, match=r"refused the login of 'research'"):
         make_destination(wrong_password).export(folder, "p", "PAT", study_uid)
@@ -404,17 +387,7 @@ def test_dicomweb_basic_auth(tmp_path: Path, orthanc_with_auth: str) -> None:
 def test_the_linker_goes_to_the_ftps_drop(tmp_path: Path, ftps: FtpsServer) -> None:
     linker = tmp_path / "linker.parquet"
     linker.write_bytes(b"PAR1 not really")
-    destination = make_destination(
-        FtpsDestinationConfig(
-            type="ftps",
-            host="127.0.0.1",
-            port=ftps.port,
-            username=USER,
-            password=PASSWORD,
-            directory="/incoming",
-            ca_file=ftps.certificate.ca_file,
-        )
-    )
+    destination = make_destination(ftps.destination(directory="/incoming"))
     where = destination.send_file(linker, "linker-project")
     linker.write_bytes(b"PAR1 second version")
     assert destination.send_file(linker, "linker-project") == where
