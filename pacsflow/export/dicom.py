@@ -1,8 +1,9 @@
 """The DICOM destination: C-STORE to a DICOM node, verified by C-FIND at IMAGE level.
 
-A study is split between ``workers`` threads, each with its own association (one
-association must not carry concurrent requests, and pynetdicom has no asynchronous
-operations). Every association sets TCP_NODELAY (:mod:`pacsflow.dicom.network`);
+A study is split between ``workers`` associations (one association must not carry
+concurrent requests, and pynetdicom has no asynchronous operations), each in a process of
+its own from a pool kept for the life of the worker (:mod:`.sender_processes` says why
+threads were not enough). Every association sets TCP_NODELAY (:mod:`pacsflow.dicom.network`);
 optionally it runs over DICOM TLS. Instances are keyed by SOP Instance UID at the node:
 sending one again replaces it, so a retry never duplicates.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from pacsflow.dicom.network import NODELAY_HANDLERS, make_ae
 from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export.factory import register
 from pacsflow.export.protocol import ExportReceipt
+from pacsflow.export.sender_processes import run_in_processes
 from pacsflow.export.verification import Instance, deliver, read_instances
 
 LOGGER = logging.getLogger(__name__)
@@ -115,9 +116,8 @@ class DicomDestination:
         if workers == 1:
             self._send_share(shares[0], contexts)
             return
-        with ThreadPoolExecutor(workers, thread_name_prefix="pacsflow-cstore") as pool:
-            for future in [pool.submit(self._send_share, s, contexts) for s in shares]:
-                future.result()  # the first failure propagates; verification sees the rest
+        calls = [(self.config, share, contexts) for share in shares]
+        run_in_processes(self.config.workers, _send_share_in_process, calls)
 
     def held(self, study_uid: str) -> set[str]:
         """SOP Instance UIDs of the study at the node (C-FIND, Study Root, IMAGE level)."""
@@ -266,3 +266,11 @@ class DicomDestination:
             f"{self.describe()} refused an instance of {UID(instance.sop_class_uid).name} "
             f"with C-STORE status 0x{code:04X} ({category}); its log says why"
         )
+
+
+def _send_share_in_process(
+    config: DicomDestinationConfig, share: Sequence[Instance], contexts: dict[str, list[str]]
+) -> None:
+    """In a sender process: C-STORE ``share`` over an association of this process's own."""
+    _chunked_sending()
+    DicomDestination(config)._send_share(share, contexts)

@@ -1,0 +1,159 @@
+"""Processes that run a destination's associations, so that they do not share one GIL.
+
+Why processes: pynetdicom hands every P-DATA PDU from the sending thread to the
+association's own thread, and many nodes (Orthanc and dcmtk by default) take PDUs of
+16 KB at most, so a 512 KB instance costs some 34 hand-overs of Python work. Two
+associations in threads of one process then share one core's worth of interpreter:
+158 instances/s to an Orthanc that takes 245/s from dcmtk's ``storescu``; the same two
+associations in two processes sent 235/s.
+
+Why not :mod:`multiprocessing`: its spawned children import the parent's main module
+again (a flow run's is ``prefect.engine``: a second copy of Prefect in every child, and
+a script without a ``__main__`` guard runs again), and forking a process that has
+threads can copy a lock another thread held. A sender is a plain
+``python -m pacsflow.sender_loop`` that imports only what it runs, and talks
+over two pipes with :class:`multiprocessing.connection.Connection` (framed pickles).
+
+A pool per size is started on first use and kept for the life of the process, so the
+~0.5 s start of each sender is paid once per worker process, not per study. Calls from
+several threads share the pool: a process never has more associations to a node than
+its pool has senders. A sender that dies (killed, out of memory) fails the call it was
+running as retriable and is replaced at the next call. When the parent dies, its
+senders read the end of their pipe and exit.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pacsflow.errors import RetriableError
+
+#: The folder that holds the ``pacsflow`` package: a sender imports this same copy.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class _SenderDied(RetriableError):
+    """The sender process ended while it ran a call."""
+
+
+class _Sender:
+    """One sender process and the two pipes to it."""
+
+    def __init__(self) -> None:
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-m", "pacsflow.sender_loop", str(to_child), str(from_child)]
+        self.process = subprocess.Popen(
+            command, pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL, env=env
+        )
+        os.close(to_child)
+        os.close(from_child)
+        self._requests = Connection(from_parent, readable=False)
+        self._answers = Connection(to_parent, writable=False)
+
+    def call(self, function: Callable[..., Any], args: tuple) -> Any:
+        try:
+            self._requests.send((function, args))
+            ok, value = self._answers.recv()
+        except (EOFError, OSError):
+            raise _SenderDied(
+                f"sender process {self.process.pid} ended during the transfer (killed, or "
+                "out of memory); the next attempt starts a new one"
+            ) from None
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._requests.close()  # the sender reads the end of its pipe and exits
+        self._answers.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class _Pool:
+    """Up to ``size`` senders, started when first needed, each running one call at a time."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._idle: queue.LifoQueue[_Sender] = queue.LifoQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> _Sender:
+        with self._lock:
+            if self._idle.empty() and self._started < self._size:
+                self._started += 1
+                start = True
+            else:
+                start = False
+        if not start:
+            return self._idle.get()
+        try:
+            return _Sender()
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
+
+    def give_back(self, sender: _Sender, healthy: bool) -> None:
+        if healthy and sender.process.poll() is None:
+            self._idle.put(sender)
+            return
+        sender.close()
+        with self._lock:
+            self._started -= 1
+
+
+_pools: dict[int, _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(size: int) -> _Pool:
+    with _pools_lock:
+        return _pools.setdefault(size, _Pool(size))
+
+
+def _call(pool: _Pool, function: Callable[..., Any], args: tuple) -> Any:
+    sender = pool.take()
+    healthy = True  # the call may fail; the sender is fine as long as it answered
+    try:
+        return sender.call(function, args)
+    except _SenderDied:
+        healthy = False
+        raise
+    finally:
+        pool.give_back(sender, healthy)
+
+
+def run_in_processes(size: int, function: Callable[..., Any], calls: Iterable[tuple]) -> list[Any]:
+    """``function(*args)`` for each ``args`` of ``calls``, run on a pool of ``size`` senders.
+
+    Waits for all of them, then raises the first exception one raised (so that none is
+    still sending when the caller checks what the destination holds). ``function`` must
+    be importable by name (a module-level function) and its arguments picklable.
+    """
+    pool = _pool(size)
+    calls = list(calls)
+    if not calls:
+        return []
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="pacsflow-sender") as threads:
+        futures = [threads.submit(_call, pool, function, args) for args in calls]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
