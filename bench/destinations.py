@@ -48,6 +48,7 @@ from tests.servers import free_port, start_orthanc, stop_all
 
 TEMPLATE = "693_UNCI.dcm"
 STORESCU = "/usr/bin/storescu"
+SETTLE = 3.0  # seconds before each timed run: Orthanc's StableAge (2 s) and then some
 
 
 def make_study(folder: Path, count: int) -> str:
@@ -68,6 +69,14 @@ def make_study(folder: Path, count: int) -> str:
 
 
 def timed(action: Callable[[], object]) -> float:
+    """Seconds ``action`` takes, started on a settled machine.
+
+    Each run writes ~0.5 GB that the kernel flushes to disk after it; without the sync
+    that flush would fall into whichever run comes next (always pacsflow's, which runs
+    after its floor), and the servers finish their own work on what they just received.
+    """
+    os.sync()
+    time.sleep(SETTLE)
     started = time.perf_counter()
     action()
     return time.perf_counter() - started

@@ -204,6 +204,9 @@ class DicomwebDestinationConfig(_Frozen):
     password: SecretStr | None = Field(default=None, description="Password for basic auth.")
     token: SecretStr | None = Field(default=None, description="Bearer token (instead of basic).")
     batch_size: int = Field(default=20, ge=1, le=1000, description="Instances per STOW-RS request.")
+    workers: int = Field(
+        default=2, ge=1, le=16, description="STOW-RS requests sending one study at once."
+    )
     timeout: float = Field(default=120.0, gt=0, description="HTTP timeout in seconds.")
     ca_file: Path | None = Field(
         default=None, description="PEM CA bundle for https; None uses the system's."

@@ -30,12 +30,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from pacsflow.errors import RetriableError
+from pacsflow.export.parallel import run_all
 
 #: The folder that holds the ``pacsflow`` package: a sender imports this same copy.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -148,12 +148,4 @@ def run_in_processes(size: int, function: Callable[..., Any], calls: Iterable[tu
     be importable by name (a module-level function) and its arguments picklable.
     """
     pool = _pool(size)
-    calls = list(calls)
-    if not calls:
-        return []
-    with ThreadPoolExecutor(len(calls), thread_name_prefix="pacsflow-sender") as threads:
-        futures = [threads.submit(_call, pool, function, args) for args in calls]
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
-    return [f.result() for f in futures]
+    return run_all(_call, [(pool, function, args) for args in calls], name="pacsflow-sender")
