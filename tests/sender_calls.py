@@ -20,3 +20,10 @@ def refuse(message: str) -> None:
 
 def die() -> None:
     os._exit(9)  # as a sender killed mid-transfer
+
+
+def die_or_pid(dying: bool) -> int:
+    """End this process at once when ``dying``, else answer its pid."""
+    if dying:
+        die()
+    return os.getpid()

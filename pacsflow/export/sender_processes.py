@@ -25,7 +25,6 @@ senders read the end of their pipe and exit.
 from __future__ import annotations
 
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -90,33 +89,38 @@ class _Pool:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._idle: queue.LifoQueue[_Sender] = queue.LifoQueue()
+        self._idle: list[_Sender] = []
         self._started = 0
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
 
     def take(self) -> _Sender:
-        with self._lock:
-            if self._idle.empty() and self._started < self._size:
-                self._started += 1
-                start = True
-            else:
-                start = False
-        if not start:
-            return self._idle.get()
+        """An idle sender, or a new one while fewer than ``size`` run; else wait for one."""
+        with self._changed:
+            while not self._idle and self._started >= self._size:
+                self._changed.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._started += 1
         try:
             return _Sender()
         except BaseException:
-            with self._lock:
-                self._started -= 1
+            self._forget()
             raise
 
     def give_back(self, sender: _Sender, healthy: bool) -> None:
         if healthy and sender.process.poll() is None:
-            self._idle.put(sender)
+            with self._changed:
+                self._idle.append(sender)
+                self._changed.notify()
             return
         sender.close()
-        with self._lock:
+        self._forget()
+
+    def _forget(self) -> None:
+        """One sender fewer: a caller waiting for one may start a new one."""
+        with self._changed:
             self._started -= 1
+            self._changed.notify()
 
 
 _pools: dict[int, _Pool] = {}

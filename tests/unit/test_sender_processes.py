@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
 from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export.sender_processes import run_in_processes
-from tests.sender_calls import die, pid_after, refuse
+from tests.sender_calls import die, die_or_pid, pid_after, refuse
 
 
 def test_calls_run_at_once_in_processes_of_their_own() -> None:
@@ -33,3 +34,24 @@ def test_a_sender_that_dies_fails_its_call_as_retriable_and_is_replaced() -> Non
         os.kill(pid, 0)  # the dead sender was reaped, not left as a zombie
     [after] = run_in_processes(3, pid_after, [(0,)])
     assert after != pid  # a new sender took its place
+
+
+def test_a_call_waiting_for_a_sender_gets_a_new_one_when_the_busy_one_dies() -> None:
+    # One sender for two calls: the first kills it; the second, waiting its turn, must
+    # be given a new sender instead of waiting for ever for the dead one.
+    outcome: list[BaseException] = []
+
+    def both() -> None:
+        try:
+            run_in_processes(1, die_or_pid, [(True,), (False,)])
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            outcome.append(exc)
+
+    caller = threading.Thread(target=both, daemon=True)  # a hang must not block pytest's exit
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "the second call still waits for the dead sender"
+    [error] = outcome
+    assert isinstance(error, RetriableError) and "ended during the transfer" in str(error)
+    [pid] = run_in_processes(1, die_or_pid, [(False,)])
+    assert pid != os.getpid()
