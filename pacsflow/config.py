@@ -187,7 +187,10 @@ class DicomDestinationConfig(_Frozen):
         description="Our AE title; the node must accept C-STORE and C-FIND from it.",
     )
     workers: int = Field(
-        default=2, ge=1, le=16, description="Associations sending one study at once."
+        default=2,
+        ge=1,
+        le=16,
+        description="Associations sending one study at once, each in a process of its own.",
     )
     timeout: float = Field(default=60.0, gt=0, description="Network timeout in seconds.")
     tls: DicomTlsConfig | None = Field(default=None, description="DICOM TLS; None is plain TCP.")
