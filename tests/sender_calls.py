@@ -27,3 +27,23 @@ def die_or_pid(dying: bool) -> int:
     if dying:
         die()
     return os.getpid()
+
+
+def write_pid_and_sleep(path: str, seconds: float) -> None:
+    """Say which process runs this call (in ``path``), then take ``seconds``."""
+    with open(path + ".part", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(path + ".part", path)
+    time.sleep(seconds)
+
+
+class OddError(Exception):
+    """An exception whose constructor does not take its own args: it does not unpickle."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def raise_odd() -> None:
+    raise OddError(7, "odd")

@@ -18,8 +18,9 @@ A pool per size is started on first use and kept for the life of the process, so
 ~0.5 s start of each sender is paid once per worker process, not per study. Calls from
 several threads share the pool: a process never has more associations to a node than
 its pool has senders. A sender that dies (killed, out of memory) fails the call it was
-running as retriable and is replaced at the next call. When the parent dies, its
-senders read the end of their pipe and exit.
+running as retriable and is replaced at the next call; one found dead while idle is
+replaced before it is given a call. When the parent dies, its senders exit within half
+a second, even in the middle of a call (:mod:`pacsflow.sender_loop`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ from pacsflow.export.parallel import run_all
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
+def _command() -> list[str]:
+    # -P: the working directory is not put on the sender's sys.path, so a folder there
+    # named like a module (another checkout's pacsflow/) cannot stand in for ours.
+    return [sys.executable, "-P", "-m", "pacsflow.sender_loop"]
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
 class _SenderDied(RetriableError):
     """The sender process ended while it ran a call."""
 
@@ -48,14 +61,22 @@ class _Sender:
     """One sender process and the two pipes to it."""
 
     def __init__(self) -> None:
-        to_child, from_parent = os.pipe()
-        to_parent, from_child = os.pipe()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        command = [sys.executable, "-m", "pacsflow.sender_loop", str(to_child), str(from_child)]
-        self.process = subprocess.Popen(
-            command, pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL, env=env
-        )
+        fds: list[int] = []
+        try:
+            to_child, from_parent = os.pipe()
+            fds += [to_child, from_parent]
+            to_parent, from_child = os.pipe()
+            fds += [to_parent, from_child]
+            self.process = subprocess.Popen(
+                [*_command(), str(to_child), str(from_child), str(os.getpid())],
+                pass_fds=(to_child, from_child),
+                stdin=subprocess.DEVNULL,
+                env=_environment(),
+            )
+        except OSError as exc:  # no fork (EAGAIN, ENOMEM), too many open files...
+            for fd in fds:
+                os.close(fd)
+            raise RetriableError(f"could not start a sender process: {exc}") from exc
         os.close(to_child)
         os.close(from_child)
         self._requests = Connection(from_parent, readable=False)
@@ -69,6 +90,11 @@ class _Sender:
             raise _SenderDied(
                 f"sender process {self.process.pid} ended during the transfer (killed, or "
                 "out of memory); the next attempt starts a new one"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - an answer this process cannot unpickle
+            raise RetriableError(
+                f"could not read the answer of sender process {self.process.pid}: "
+                f"{type(exc).__name__}: {exc}"
             ) from None
         if not ok:
             raise value
@@ -96,10 +122,15 @@ class _Pool:
     def take(self) -> _Sender:
         """An idle sender, or a new one while fewer than ``size`` run; else wait for one."""
         with self._changed:
-            while not self._idle and self._started >= self._size:
+            while True:
+                while self._idle and self._idle[-1].process.poll() is not None:
+                    self._idle.pop().close()  # died while idle: never hand it out
+                    self._started -= 1
+                if self._idle:
+                    return self._idle.pop()
+                if self._started < self._size:
+                    break
                 self._changed.wait()
-            if self._idle:
-                return self._idle.pop()
             self._started += 1
         try:
             return _Sender()
