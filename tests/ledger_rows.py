@@ -14,16 +14,21 @@ from pacsflow.manifest import ManifestRow
 
 
 def ingest_study(
-    sessions: Callable[[], Session], project: str, study: Sequence[Dataset], study_date: dt.date
+    sessions: Callable[[], Session],
+    project: str,
+    study: Sequence[Dataset],
+    study_date: dt.date,
+    **columns: str,
 ) -> int:
     """Ingest the row a project would hand over for ``study`` (its first instance's MRN
-    and accession number, and ``study_date``); returns the row's ledger id."""
+    and accession number, ``study_date`` and any other ``columns``); its ledger id."""
     first = study[0]
     row = ManifestRow(
         row=1,
         study_date=study_date,
         mrn=str(first.PatientID),
         accession_number=str(first.AccessionNumber),
+        **columns,
     )
     with sessions() as session:
         repo.ingest_manifest(session, project, [row])

@@ -49,6 +49,7 @@ from pacsflow.pipeline import (
 )
 from pacsflow.sandbox import FakePatient, SandboxPacs, make_patients
 from pacsflow.sandbox import study_of as sandbox_study
+from tests.ledger_rows import ingest_study
 
 PROJECT = ProjectConfig(name="my-study", sources=["primary", "secondary"], destination="local")
 PSEUDONYMIZER = Pseudonymizer(bytes(range(32)))
@@ -444,17 +445,7 @@ def test_deidentify_and_export(ws: Workspace, site: SiteConfig) -> None:
 
 
 def test_participant_id_is_the_patient_pseudonym(ws: Workspace, site: SiteConfig) -> None:
-    first = IN_SECONDARY[0]
-    row = ManifestRow(
-        row=1,
-        study_date=DATE,
-        mrn=str(first.PatientID),
-        accession_number=str(first.AccessionNumber),
-        participant_id="P0042",
-    )
-    with ws.sessions() as session:
-        repo.ingest_manifest(session, PROJECT.name, [row])
-        [(study_id, _ref)] = repo.studies_to_process(session, PROJECT.name)
+    study_id = ingest_study(ws.sessions, PROJECT.name, IN_SECONDARY, DATE, participant_id="P0042")
     assert locate(ws, study_id, "secondary") == Located.FOUND
     fetch(ws, study_id, "secondary")
     assert deidentify_and_export(ws, study_id, PROJECT, PSEUDONYMIZER, BASIC) == "exported"
