@@ -226,7 +226,11 @@ def process_studies(
                     deferred = claims.next_deferred(session, project.name)
                     # Counted again after it: a delay that ran out since the count above
                     # would look like no work left and end the run with studies waiting
-                    # (seen when a source outage had deferred many at once).
+                    # (seen when a source outage had deferred many at once). The time is
+                    # taken before that count, so a delay that runs out after it still
+                    # reads as time to wait, never as "claimable already" (a run ended so
+                    # with 17 studies deferred, in CI).
+                    checked = dt.datetime.now(dt.UTC)
                     again = claims.claimable_counts(session, project.name, pull)
                 if any(n for i, n in again.items() if i not in closed):
                     continue
@@ -234,7 +238,7 @@ def process_studies(
                     deferred = deferred.replace(tzinfo=dt.UTC)  # SQLite keeps UTC without a zone
                 # Leases and delays are on the ledger's clock, the real one; windows are
                 # on flows.clock (which a test may move): each is compared with its own.
-                to_deferred = deferred - dt.datetime.now(dt.UTC) if deferred else None
+                to_deferred = deferred - checked if deferred else None
                 if to_deferred is not None and to_deferred <= dt.timedelta(0):
                     to_deferred = None  # claimable already: counted above
                 opening = min((closed[i] for i in held), default=None)
