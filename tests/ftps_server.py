@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,6 +142,14 @@ class FtpsServer:
     def cut_marker(self) -> Path:
         """Exists once the server has cut an upload off (with ``cut_after_bytes``)."""
         return self.workdir / "cut-done"
+
+    def delete_all_files(self) -> None:
+        """Empty the FTP root (the benchmark uploads the same study again)."""
+        for path in self.root.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def files(self) -> list[str]:
         """Every file under the FTP root, as paths relative to it, sorted."""

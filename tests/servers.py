@@ -345,6 +345,12 @@ class OrthancServer(_ProcessHandle):
     def instance_count(self) -> int:
         return int(self.statistics()["CountInstances"])
 
+    def delete_all_studies(self) -> None:
+        """Delete every study Orthanc holds (the benchmarks send the same study again)."""
+        for study in self.get("/studies"):
+            response = requests.delete(f"{self.base_url}/studies/{study}", timeout=60)
+            response.raise_for_status()
+
     def find_studies(self) -> list[dict[str, Any]]:
         """``GET /studies?expand``: one dict per study, with ``MainDicomTags`` etc."""
         return self.get("/studies?expand")
