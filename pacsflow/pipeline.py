@@ -33,7 +33,13 @@ from pacsflow.dicom.matching import choose
 from pacsflow.dicom.peers import AllowedPeers, allowed_peers
 from pacsflow.dicom.query import StudyQuery, find_instances, find_studies
 from pacsflow.dicom.receiver import process_receiver
-from pacsflow.dicom.retrieve import get_instances, get_study, move_instances, move_study
+from pacsflow.dicom.retrieve import (
+    DestinationUnreachable,
+    get_instances,
+    get_study,
+    move_instances,
+    move_study,
+)
 from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export import make_destination
 from pacsflow.filters import read_headers, select_instances
@@ -189,9 +195,35 @@ def _retrieve_study(
     if source.retrieve == RetrieveMethod.GET:
         get_study(source, ws.calling_ae, study_uid, folder, association)
         return
+    _move_into(
+        ws,
+        study_uid,
+        folder,
+        lambda ae_title: move_study(source, ws.calling_ae, ae_title, study_uid, association),
+    )
+
+
+def _move_into(ws: Workspace, study_uid: str, folder: Path, move: Callable[[str], None]) -> None:
+    """Run ``move(our receiver's AE title)`` while the receiver files the study in ``folder``.
+
+    The receiver may be another worker process's (:func:`process_receiver` uses one that
+    already serves the port), and that process ends with its flow run. A move sent in the
+    moment after is refused by the source (0xA801: cannot reach the destination), and
+    waiting out the study's retry delay left the source without a retrieval for seconds
+    while other studies waited (6 s in a run of three projects on two workers). Then this
+    process serves the port itself and asks once more, at once, in the same slot.
+    """
     receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
-    with routes.expect_study(ws.staging, study_uid, folder):
-        move_study(source, ws.calling_ae, receiver.config.ae_title, study_uid, association)
+    try:
+        with routes.expect_study(ws.staging, study_uid, folder):
+            move(receiver.config.ae_title)
+    except DestinationUnreachable:
+        if not receiver.shared:
+            raise  # our own receiver is up: the source does not know it
+        LOGGER.info("the receiver of another process went away; serving its port here")
+        receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
+        with routes.expect_study(ws.staging, study_uid, folder):
+            move(receiver.config.ae_title)
 
 
 def _retrieve_missing(
@@ -217,17 +249,14 @@ def _retrieve_missing(
                 source, ws.calling_ae, study_uid, series_uid, sop_uids, folder, association
             )
             continue
-        receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
-        with routes.expect_study(ws.staging, study_uid, folder):
-            move_instances(
-                source,
-                ws.calling_ae,
-                receiver.config.ae_title,
-                study_uid,
-                series_uid,
-                sop_uids,
-                association,
-            )
+        _move_into(
+            ws,
+            study_uid,
+            folder,
+            lambda ae_title, series=series_uid, sops=sop_uids: move_instances(
+                source, ws.calling_ae, ae_title, study_uid, series, sops, association
+            ),
+        )
     return len(by_series)
 
 

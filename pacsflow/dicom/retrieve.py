@@ -30,6 +30,11 @@ LOGGER = logging.getLogger(__name__)
 _MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
+class DestinationUnreachable(RetriableError):
+    """The source answered 0xA801: it does not know, or could not reach, the move's
+    destination (our receiver)."""
+
+
 @dataclass(frozen=True)
 class RetrieveOutcome:
     completed: int
@@ -76,7 +81,7 @@ def _consume(responses, source: SourceConfig, operation: str) -> RetrieveOutcome
         # Retriable: pynetdicom and dcmqrscp also answer 0xA801 when they cannot connect
         # to a destination they know, as while one receiver process hands the port to
         # another. A real misconfiguration fails the study after the retry delays.
-        raise RetriableError(
+        raise DestinationUnreachable(
             f"source {source.ae_title} does not know our receiver's AE title as a C-MOVE "
             "destination, or could not reach it; add it (AE title, host, port) to the "
             "source's list of modalities, and check that the receiver is running"

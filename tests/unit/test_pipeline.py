@@ -19,7 +19,7 @@ import pytest
 from pydicom import Dataset
 from sqlalchemy import Engine
 
-from pacsflow import failures
+from pacsflow import failures, pipeline
 from pacsflow.config import (
     FilesystemDestinationConfig,
     ProjectConfig,
@@ -32,7 +32,7 @@ from pacsflow.deid.profile import build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
 from pacsflow.dicom.query import StudyQuery, find_studies
-from pacsflow.dicom.receiver import stop_process_receiver
+from pacsflow.dicom.receiver import Receiver, stop_process_receiver
 from pacsflow.errors import RetriableError, SourceUnavailable
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
@@ -385,6 +385,31 @@ def test_move_to_a_destination_the_source_does_not_know(ws: Workspace) -> None:
     # Retriable: the same status means "cannot reach it" too; the reason says what to fix.
     with pytest.raises(RetriableError, match="does not know our receiver's AE title"):
         fetch(stranger, study_id, "primary")
+
+
+def test_a_move_refused_because_another_process_receiver_ended_is_sent_again_at_once(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another worker process's receiver serves the port, and its flow run ends right
+    # after this process found it answering: the source cannot reach it (0xA801).
+    other = Receiver(ws.site.receiver, ws.staging, ws.peers).start()
+    real_move = pipeline.move_study
+    moves = []
+
+    def move_after_the_other_stopped(*args: object, **kwargs: object) -> object:
+        moves.append(args)
+        if len(moves) == 1:
+            other.stop()
+        return real_move(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "move_study", move_after_the_other_stopped)
+    study_id = add_study(ws, IN_PRIMARY)
+    try:
+        assert locate(ws, study_id, "primary") == Located.FOUND
+        assert fetch(ws, study_id, "primary").received == 4  # not a retry delay away
+    finally:
+        other.stop()
+    assert len(moves) == 2  # the second one into this process's own receiver
 
 
 # -- de-identify and export ------------------------------------------------------------
