@@ -26,6 +26,7 @@ a second, even in the middle of a call (:mod:`pacsflow.sender_loop`).
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 import threading
@@ -47,9 +48,22 @@ def _command() -> list[str]:
     return [sys.executable, "-P", "-m", "pacsflow.sender_loop"]
 
 
+def _site_folders() -> set[str]:
+    folders = [*site.getsitepackages(), site.getusersitepackages()]
+    return {str(Path(folder).resolve()) for folder in folders}
+
+
 def _environment() -> dict[str, str]:
+    """The parent's environment, with this copy of pacsflow first on the sender's path.
+
+    Not when that copy is installed in a site-packages folder: the sender, the same
+    interpreter, finds it there anyway, and PYTHONPATH would put the whole folder before
+    the standard library, where a backport installed in it (``typing``, ``enum34``)
+    would stand in for the real module.
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    if _PACKAGE_ROOT not in _site_folders():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     return env
 
 

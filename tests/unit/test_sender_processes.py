@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from pacsflow.errors import PermanentError, RetriableError
+from pacsflow.export import sender_processes
 from pacsflow.export.sender_processes import run_in_processes
 from tests.sender_calls import die, die_or_pid, pid_after, raise_odd, refuse
 
@@ -115,3 +116,18 @@ def test_a_sender_that_died_while_idle_is_not_handed_a_call() -> None:
 def test_an_exception_that_does_not_unpickle_comes_back_as_a_pacsflow_error() -> None:
     with pytest.raises(PermanentError, match="OddError: odd"):
         run_in_processes(1, raise_odd, [()])
+
+
+def test_an_installed_pacsflow_puts_no_site_packages_before_the_standard_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import site
+
+    installed = site.getsitepackages()[0]
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setattr(sender_processes, "_PACKAGE_ROOT", str(Path(installed).resolve()))
+    assert "PYTHONPATH" not in sender_processes._environment()
+
+    checkout = "/srv/pacsflow-checkout"  # not installed: the sender needs it on its path
+    monkeypatch.setattr(sender_processes, "_PACKAGE_ROOT", checkout)
+    assert sender_processes._environment()["PYTHONPATH"] == checkout
