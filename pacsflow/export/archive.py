@@ -129,6 +129,7 @@ def count_entries(path: Path) -> int:
 TAIL_BYTES = 22 + 20 + 56
 _EOCD = b"PK\x05\x06"
 _ZIP64_EOCD = b"PK\x06\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
 
 
 def entries_from_tail(tail: bytes) -> int | None:
@@ -148,3 +149,24 @@ def entries_from_tail(tail: bytes) -> int | None:
         return None
     (total64,) = struct.unpack("<Q", record[32:40])
     return total64
+
+
+def ends_whole(tail: bytes, size: int) -> bool:
+    """Whether a zip of ``size`` bytes whose last bytes are ``tail`` ends right there.
+
+    True when its end records place the central directory so that it reaches exactly
+    to them (APPNOTE 4.3.16; 4.3.14 when the Zip64 locator is there). An upload cut off
+    at any other point fails this, even one whose last bytes happen to look like an end
+    record.
+    """
+    if len(tail) < 22 or tail[-22:-18] != _EOCD:
+        return False
+    cd_size, cd_offset = struct.unpack("<II", tail[-10:-2])
+    records = 22
+    if len(tail) >= TAIL_BYTES and tail[-42:-38] == _ZIP64_LOCATOR:
+        record = tail[-TAIL_BYTES:-42]
+        if record[:4] != _ZIP64_EOCD:
+            return False
+        cd_size, cd_offset = struct.unpack("<QQ", record[40:56])
+        records = TAIL_BYTES
+    return cd_offset + cd_size + records == size

@@ -5,8 +5,9 @@ The zip is uploaded as ``<directory>/<project>/.partial/<pseudo study>.<digest>.
 renamed into place once its size matches, so a reader never sees half a study. The
 zip is deterministic (:mod:`pacsflow.export.archive`) and the digest names the build:
 an upload cut off half-way is continued from where it stopped (``REST``) by the next
-attempt, which writes the zip again and sends only the bytes past that point; a partial
-upload of another build is deleted. The zip is written straight into the data
+attempt, which writes the zip again and sends only the bytes past that point (one cut
+off after its last byte, before the rename, is renamed without writing it again); a
+partial upload of another build is deleted. The zip is written straight into the data
 connection, never to local disk first (that copy cost more than the upload). After the
 rename the zip's entries are counted on the server, from its last bytes.
 
@@ -32,6 +33,7 @@ from pacsflow.errors import PermanentError, RetriableError
 from pacsflow.export.archive import (
     TAIL_BYTES,
     SkippingWriter,
+    ends_whole,
     entries_from_tail,
     study_digest,
     write_study_zip,
@@ -126,19 +128,34 @@ class FtpsDestination:
             if posixpath.basename(name).startswith(pseudo_study + ".") and other != partial:
                 ftp.delete(other)  # an attempt with different content: cannot be resumed
         offset = self._size(ftp, partial) or 0
-        if offset:
-            LOGGER.info("resuming an upload at byte %d", offset)
-        total = _store_zip(ftp, files, partial, offset)
-        uploaded = self._size(ftp, partial)
-        if uploaded != total:
-            if uploaded is not None and uploaded > total:
-                ftp.delete(partial)  # longer than the zip: not ours to continue
-            raise RetriableError(
-                f"{self.describe()} holds {uploaded} of the {total} bytes of the study's zip "
-                "after the upload; the next attempt continues it"
-            )
+        if offset and self._whole(ftp, partial, offset, len(files)):
+            # Cut off after the upload, before the rename: nothing to write again.
+            LOGGER.info("the upload was complete; renaming it into place")
+        else:
+            if offset:
+                LOGGER.info("resuming an upload at byte %d", offset)
+            total = _store_zip(ftp, files, partial, offset)
+            uploaded = self._size(ftp, partial)
+            if uploaded != total:
+                if uploaded is not None and uploaded > total:
+                    ftp.delete(partial)  # longer than the zip: not ours to continue
+                raise RetriableError(
+                    f"{self.describe()} holds {uploaded} of the {total} bytes of the study's "
+                    "zip after the upload; the next attempt continues it"
+                )
         self._makedirs(ftp, posixpath.dirname(final))
         ftp.rename(partial, final)
+
+    @staticmethod
+    def _whole(ftp: ftplib.FTP_TLS, partial: str, size: int, entries: int) -> bool:
+        """Whether the partial upload (of this build: its name says so) is the whole zip.
+
+        Read from its last bytes, as :meth:`_entries` does: the zip's end records come
+        last, so a partial that ends in them, where they say, holding every entry, is
+        complete. Writing the zip again to send none of it read the whole study.
+        """
+        tail = _download(ftp, f"RETR {partial}", rest=max(0, size - TAIL_BYTES))[-TAIL_BYTES:]
+        return ends_whole(tail, size) and entries_from_tail(tail) == entries
 
     def _entries(self, ftp: ftplib.FTP_TLS, remote: str) -> int:
         """Entries of the zip ``remote``, read from its last bytes on the server."""

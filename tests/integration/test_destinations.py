@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ftplib
 import io
 import json
 import subprocess
@@ -32,6 +33,7 @@ from pacsflow.deid.profile import build_profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
 from pacsflow.dicom import storage
 from pacsflow.errors import PermanentError, RetriableError
+from pacsflow.export import ftps as ftps_destination
 from pacsflow.export import make_destination
 from pacsflow.ledger import StudyStatus, make_engine, migrate, session_factory
 from pacsflow.ledger import repository as repo
@@ -292,6 +294,36 @@ def test_a_cut_ftps_upload_resumes_and_leaves_one_zip(tmp_path: Path) -> None:
     total = (server.root / "lung-ct" / "PAT" / f"{study_uid}.zip").stat().st_size
     sent_again = int(stors[-1].split("bytes=")[1].split()[0])
     assert sent_again == total - kept
+
+
+def test_an_ftps_upload_cut_off_before_its_rename_is_renamed_not_sent_again(
+    tmp_path: Path, ftps: FtpsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, study_uid = deid_study(tmp_path, seed=13)
+    destination = make_destination(ftps.destination(directory="/renamed"))
+
+    def lost_before_the_rename(self: object, *args: object) -> None:
+        raise ftplib.error_temp("421 connection lost")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ftps_destination._ReusingFTP_TLS, "rename", lost_before_the_rename)
+        with pytest.raises(RetriableError):
+            destination.export(folder, "lung-ct", "PAT", study_uid)
+    [partial] = [f for f in ftps.files() if f.startswith("renamed/")]
+    assert partial.startswith("renamed/lung-ct/.partial/")
+
+    def not_again(*args: object) -> None:
+        raise AssertionError("the whole zip was written again")
+
+    monkeypatch.setattr(ftps_destination, "write_study_zip", not_again)
+    receipt = destination.export(folder, "lung-ct", "PAT", study_uid)
+    assert (receipt.instances, receipt.already_present) == (10, False)
+    assert [f for f in ftps.files() if f.startswith("renamed/")] == [
+        f"renamed/lung-ct/PAT/{study_uid}.zip"
+    ]
+    with zipfile.ZipFile(ftps.root / "renamed" / "lung-ct" / "PAT" / f"{study_uid}.zip") as zf:
+        assert zf.testzip() is None
+        assert sorted(zf.namelist()) == sorted(p.name for p in folder.glob("*.dcm"))
 
 
 # -- failures say whether a retry can help -------------------------------------------

@@ -16,6 +16,7 @@ from pacsflow.export.archive import (
     SkippingWriter,
     StudyChanged,
     count_entries,
+    ends_whole,
     entries_from_tail,
     study_digest,
     write_study_zip,
@@ -94,6 +95,18 @@ def test_entry_count_from_the_last_bytes(study_dir: Path, tmp_path: Path) -> Non
     assert entries_from_tail(b"not a zip" * 20) is None
 
 
+def test_a_whole_zip_is_told_from_a_cut_one(study_dir: Path, tmp_path: Path) -> None:
+    write_study_zip(sorted(study_dir.glob("*.dcm")), tmp_path / "s.zip")
+    data = (tmp_path / "s.zip").read_bytes()
+    assert ends_whole(data[-TAIL_BYTES:], len(data))
+    for cut in (1, 22, 23, len(data) // 2):
+        assert not ends_whole(data[:-cut][-TAIL_BYTES:], len(data) - cut)
+    # Bytes that look like an end record (here: an earlier copy of it) but are not where
+    # it says the zip ends, as inside a stored file, are not taken for the end.
+    looks_like_one = data + data[-22:]
+    assert not ends_whole(looks_like_one[-TAIL_BYTES:], len(looks_like_one))
+
+
 def test_entry_count_of_a_zip64_end() -> None:
     # From 65,536 entries on, the classic end record says 0xFFFF and the count is in the
     # Zip64 end record before it.
@@ -102,6 +115,8 @@ def test_entry_count_of_a_zip64_end() -> None:
         for n in range(0x10000):
             zf.writestr(f"{n:05d}.dcm", b"")
     assert entries_from_tail(data.getvalue()[-TAIL_BYTES:]) == 0x10000
+    assert ends_whole(data.getvalue()[-TAIL_BYTES:], len(data.getvalue()))
+    assert not ends_whole(data.getvalue()[:-1][-TAIL_BYTES:], len(data.getvalue()) - 1)
 
 
 def test_a_file_of_4_gb_gets_zip64_headers(
