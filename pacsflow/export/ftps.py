@@ -154,14 +154,13 @@ class FtpsDestination:
         last, so a partial that ends in them, where they say, holding every entry, is
         complete. Writing the zip again to send none of it read the whole study.
         """
-        tail = _download(ftp, f"RETR {partial}", rest=max(0, size - TAIL_BYTES))[-TAIL_BYTES:]
+        tail = _tail(ftp, partial, size)
         return ends_whole(tail, size) and entries_from_tail(tail) == entries
 
     def _entries(self, ftp: ftplib.FTP_TLS, remote: str) -> int:
         """Entries of the zip ``remote``, read from its last bytes on the server."""
         size = self._size(ftp, remote) or 0
-        tail = _download(ftp, f"RETR {remote}", rest=max(0, size - TAIL_BYTES))
-        count = entries_from_tail(tail[-TAIL_BYTES:])
+        count = entries_from_tail(_tail(ftp, remote, size))
         if count is None:
             raise DeliveryIncomplete(
                 f"{remote} on {self.describe()} is not a complete zip; delete it on the "
@@ -242,6 +241,11 @@ def _store_zip(ftp: ftplib.FTP_TLS, files: list[Path], remote: str, offset: int)
             conn.unwrap()
     ftp.voidresp()
     return writer.written
+
+
+def _tail(ftp: ftplib.FTP_TLS, remote: str, size: int) -> bytes:
+    """The last :data:`TAIL_BYTES` bytes of ``remote`` (``size`` bytes long): its zip end."""
+    return _download(ftp, f"RETR {remote}", rest=max(0, size - TAIL_BYTES))[-TAIL_BYTES:]
 
 
 def _download(ftp: ftplib.FTP_TLS, command: str, rest: int = 0) -> bytes:
