@@ -86,6 +86,48 @@ def claim_next(
     return session.get(Study, study_id, populate_existing=True)
 
 
+def claim_to_scout(
+    session: Session,
+    project: str,
+    source_index: int,
+    owner: str,
+    pull: str,
+    below: int | None = None,
+    lease: dt.timedelta = DEFAULT_LEASE,
+) -> Study | None:
+    """Take the project's last study (highest id, under ``below``) waiting for source
+    ``source_index``, only to ask that source whether it holds it; None if none is.
+
+    Unlike :func:`claim_next` this is not an attempt: status, tries and pull stay as they
+    are, so a study scouted and given back (:func:`unclaim`) is as it was. Lanes claim
+    from the lowest id, scouting from the highest, so they meet instead of competing.
+    """
+    now = _now()
+    condition = and_(_claimable(project, pull, now), Study.source_index == source_index)
+    if below is not None:
+        condition = and_(condition, Study.id < below)
+    candidate = select(Study.id).where(condition).order_by(Study.id.desc()).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    statement = (
+        update(Study)
+        .where(Study.id == candidate.scalar_subquery(), condition)
+        .values(claimed_by=owner, claim_expires=now + lease)
+        .returning(Study.id)
+        .execution_options(synchronize_session=False)
+    )
+    study_id = session.execute(statement).scalar_one_or_none()
+    session.commit()
+    if study_id is None:
+        return None
+    return session.get(Study, study_id, populate_existing=True)
+
+
+def unclaim(session: Session, study_id: int, owner: str) -> None:
+    """Give back a study taken by :func:`claim_to_scout`, claimable again at once."""
+    _change(session, study_id, owner, claimed_by=None, claim_expires=None)
+
+
 def renew(session: Session, owner: str, lease: dt.timedelta = DEFAULT_LEASE) -> int:
     """Extend every claim ``owner`` holds; returns how many it holds."""
     result = session.execute(

@@ -110,6 +110,28 @@ def test_not_found_moves_on_to_the_next_source_then_ends_not_found(sessions) -> 
     assert study.status == StudyStatus.NOT_FOUND and study.claimed_by is None
 
 
+def test_scouting_takes_studies_from_the_end_and_gives_them_back_as_they_were(sessions) -> None:
+    ingest(sessions, 5)
+    with sessions() as session:
+        lane = claims.claim_next(session, PROJECT, 0, "w1", "p")
+        scouted = claims.claim_to_scout(session, PROJECT, 0, "w1", "p")
+        below = claims.claim_to_scout(session, PROJECT, 0, "w1", "p", below=scouted.id)
+        assert (lane.id, scouted.id, below.id) == (1, 5, 4)
+        # Held while it is asked about: no lane takes it meanwhile.
+        assert [claims.claim_next(session, PROJECT, 0, "w2", "p").id for _ in range(2)] == [2, 3]
+        assert claims.claim_next(session, PROJECT, 0, "w2", "p") is None
+        claims.unclaim(session, scouted.id, "w1")
+        claims.pass_on(session, below.id, "w1", n_sources=2)  # the source lacks it
+        session.refresh(scouted)
+        # Not an attempt: as it was, and the lanes' next claim is its first try.
+        assert scouted.status == StudyStatus.PENDING and scouted.claimed_by is None
+        assert (scouted.attempts, scouted.tries) == (0, 0)
+        again = claims.claim_next(session, PROJECT, 0, "w2", "p")
+        assert again.id == scouted.id and again.tries == 1
+        assert claims.claimable_counts(session, PROJECT, "p") == {1: 1}
+        assert claims.claim_to_scout(session, PROJECT, 0, "w1", "p", below=below.id) is None
+
+
 def test_a_deferred_study_comes_back_after_its_delay_with_one_more_try(sessions) -> None:
     ingest(sessions, 1)
     with sessions() as session:
