@@ -47,6 +47,7 @@ from pacsflow.dicom.association import SourceAssociation
 from pacsflow.ledger import claims
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
+from pacsflow.ledger.scouting import scout_cursor
 from pacsflow.windows import ExtractionWindows, is_open
 
 LOGGER = logging.getLogger(__name__)
@@ -58,6 +59,17 @@ SLOW_RETRIEVAL_SECONDS = 0.5
 #: How long a look-ahead find waits, beside a slow retrieval, for that retrieval's request
 #: to be out: claiming, querying and recording at the same moment held up the request.
 FIND_AHEAD_DELAY = 0.05
+
+#: Studies a lane's look-ahead thread scouts, at most, beside each slow retrieval (see
+#: _Lane.scout): enough to stay ahead of a next source's lanes, few enough that the
+#: source sees at most this many extra queries per retrieval, and only until every
+#: study has been asked once.
+SCOUT_PER_RETRIEVAL = 4
+
+#: Scouting pauses while the next source has this many rounds of work (studies per slot)
+#: waiting; a shallower queue can run dry between two scouts, and a lane that finds its
+#: queue empty ends and gives its slot away.
+SCOUT_AHEAD_ROUNDS = 4
 
 #: Default seconds between a retrieval lane's looks for another run waiting for its slot
 #: (it then gives the slot back; if work remains, a new lane of its run queues for one).
@@ -209,6 +221,8 @@ class _Lane:
         self.windows = ws.site.sources[source_name].windows
         self.fetch_counts: Counter[str] = Counter()
         self.find_counts: Counter[str] = Counter()
+        self.cursor = scout_cursor(project.name, self.source_index, pull)
+        self.front = 0  # the ledger id of the study being fetched
 
     @property
     def counts(self) -> Counter[str]:
@@ -228,19 +242,26 @@ class _Lane:
             self.source_name, self.pull, self.windows, lane_seconds, self.handoff, self.logger
         )
         locate = partial(self.next_located, finder or association)
-        slow = False  # whether the last retrieval outlasted SLOW_RETRIEVAL_SECONDS
         # No thread exists until a first submit, so a lane without a finder costs none.
         with ThreadPoolExecutor(1, thread_name_prefix="find-ahead") as pool:
             ahead = pool if finder is not None else None
             study = locate() if turns.go_on() else None
+            last = 0.0  # how long the lane's last retrieval took
             while study is not None:
                 upcoming = None
-                if ahead is not None and turns.go_on():
-                    find = partial(self.find_ahead, finder, delay=FIND_AHEAD_DELAY if slow else 0)
-                    upcoming = ahead.submit(contextvars.copy_context().run, find)
+                self.front = study.id
                 started = time.monotonic()
+                if ahead is not None and turns.go_on():
+                    slow = last > SLOW_RETRIEVAL_SECONDS
+                    find = partial(
+                        self.find_ahead,
+                        finder,
+                        delay=FIND_AHEAD_DELAY if slow else 0,
+                        scout_until=started + last / 2 if slow else None,
+                    )
+                    upcoming = ahead.submit(contextvars.copy_context().run, find)
                 fetched = self.fetch(study, association)
-                slow = time.monotonic() - started > SLOW_RETRIEVAL_SECONDS
+                last = time.monotonic() - started
                 if not fetched:
                     _give_back(self.ws, study.id)
                     if upcoming is not None and (ahead_study := upcoming.result()) is not None:
@@ -253,8 +274,12 @@ class _Lane:
                 else:
                     study = None
 
-    def find_ahead(self, finder: SourceAssociation, delay: float) -> Study | None:
-        """:meth:`next_located` on the finder, in the look-ahead thread, after ``delay``.
+    def find_ahead(
+        self, finder: SourceAssociation, delay: float, scout_until: float | None = None
+    ) -> Study | None:
+        """:meth:`next_located` on the finder, in the look-ahead thread, after ``delay``;
+        then, until the monotonic time ``scout_until`` (half the last retrieval: the lane
+        must not wait for a scouting query when its retrieval ends), :meth:`scout`.
 
         The lane's thread sends its next retrieval request at the moment this starts;
         the claim, C-FIND and ledger writes here compete with it for the interpreter
@@ -265,7 +290,57 @@ class _Lane:
         """
         if delay:
             time.sleep(delay)
-        return self.next_located(finder)
+        study = self.next_located(finder)
+        if study is not None and scout_until is not None:
+            self.scout(finder, scout_until)
+        return study
+
+    def scout(self, finder: SourceAssociation, until: float) -> None:
+        """Ask this source about studies from the end of the queue, to pass on early
+        those it does not hold, while the lane's retrieval runs.
+
+        Why: lanes take studies in ledger order, so studies only a later source holds
+        (an archive's older ones, listed together in a manifest sorted by date) would
+        wait for that source until this one had retrieved everything before them. Two
+        sources of 3 and 2 slots spent half a run one after the other. A scouted study
+        this source holds is given back as it was (its lane asks again when it takes
+        it); one it lacks moves on now, as in :meth:`next_located`. At most
+        :data:`SCOUT_PER_RETRIEVAL` queries per retrieval, only while the next source
+        has less than :data:`SCOUT_AHEAD_ROUNDS` studies per slot waiting, and each study
+        once per pull and process: scouting stops where it meets the lanes.
+        """
+        ws, project, index = self.ws, self.project, self.source_index
+        if index + 1 >= len(project.sources) or self.cursor.done:
+            return
+        next_limit = ws.site.sources[project.sources[index + 1]].max_concurrent
+        with ws.sessions() as session:
+            waiting = claims.claimable_counts(session, project.name, self.pull)
+        if waiting.get(index + 1, 0) >= SCOUT_AHEAD_ROUNDS * next_limit:
+            return
+        for _ in range(SCOUT_PER_RETRIEVAL):
+            if time.monotonic() >= until:
+                return
+            with ws.sessions() as session:
+                study = self.cursor.take(session, ws.owner)
+            if study is None:
+                return
+            if study.id <= self.front:  # the lanes are here already: nothing ahead
+                self.cursor.done = True
+                self._unclaim(study.id)
+                return
+            try:
+                located = pipeline.locate(
+                    ws, study.id, self.source_name, finder, project.ambiguity, project.sources
+                )
+            except Exception:  # the lane that takes it meets the error and records it
+                self._unclaim(study.id)
+                return
+            if self._settle(study, located, self.find_counts):
+                self._unclaim(study.id)  # held here: its lane fetches it in turn
+
+    def _unclaim(self, study_id: int) -> None:
+        with self.ws.sessions() as session:
+            claims.unclaim(session, study_id, self.ws.owner)
 
     def next_located(self, association: SourceAssociation) -> Study | None:
         """Claim the project's next study waiting for this source and C-FIND it there.
@@ -303,21 +378,27 @@ class _Lane:
             except Exception as exc:
                 self.record_failure(study, failures.Step.FIND, exc, counts)
                 continue
-            if located == pipeline.Located.FOUND:
+            if self._settle(study, located, counts):
                 return study
-            if located == pipeline.Located.AMBIGUOUS:  # ended; never passed to the next source
-                counts["ambiguous"] += 1
-                self.logger.warning(
-                    "study %s at %s is ambiguous; `pacsflow status` says why",
-                    study.id,
-                    self.source_name,
-                )
-            elif located == pipeline.Located.EXPANDED:  # its studies wait for this source
-                counts["expanded"] += 1
-            else:  # not here: the next source's lanes take it, or it ends not found
-                with ws.sessions() as session:
-                    status = claims.pass_on(session, study.id, ws.owner, len(project.sources))
-                counts["not_found" if status == "not_found" else "passed_on"] += 1
+
+    def _settle(self, study: Study, located: pipeline.Located, counts: Counter[str]) -> bool:
+        """Record where a located study goes next; True when this source is to fetch it."""
+        if located == pipeline.Located.FOUND:
+            return True
+        if located == pipeline.Located.AMBIGUOUS:  # ended; never passed to the next source
+            counts["ambiguous"] += 1
+            self.logger.warning(
+                "study %s at %s is ambiguous; `pacsflow status` says why",
+                study.id,
+                self.source_name,
+            )
+        elif located == pipeline.Located.EXPANDED:  # its studies wait for this source
+            counts["expanded"] += 1
+        else:  # not here: the next source's lanes take it, or it ends not found
+            with self.ws.sessions() as session:
+                status = claims.pass_on(session, study.id, self.ws.owner, len(self.project.sources))
+            counts["not_found" if status == "not_found" else "passed_on"] += 1
+        return False
 
     def fetch(self, study: Study, association: SourceAssociation) -> bool:
         """Fetch a located study and hand it to the export lanes; False when they are gone

@@ -4,6 +4,8 @@ the real Prefect server and the sandbox PACS)."""
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import yaml
 
@@ -57,3 +59,46 @@ def test_without_find_ahead_queries_and_retrievals_together_stay_within_the_limi
 
     assert max_in_flight(ops, RETRIEVALS) == LIMIT
     assert max_in_flight(ops) <= LIMIT  # every request, C-FIND included
+
+
+def test_studies_only_the_secondary_holds_reach_it_while_the_primary_is_still_busy(
+    sandbox_factory, prefect_api
+):
+    """The manifest lists the primary's studies first, as one sorted by date lists an
+    archive's old ones together; the secondary must not wait for the primary to have
+    retrieved every study listed before its own."""
+    from blocks.site import save_site
+    from flows.extract import extract_project
+
+    sandbox = sandbox_factory(n_studies=24)
+    with sandbox.manifest_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    first = ("primary", "both", "secondary", "neither")
+    ordered = sorted(zip(sandbox.placement, rows, strict=True), key=lambda p: first.index(p[0]))
+    with sandbox.manifest_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(row for _, row in ordered)
+    sandbox.primary.retrieve_delay = 0.6  # slow enough for the lanes to look ahead
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["sources"]["primary"]["max_concurrent"] = LIMIT
+    sandbox.config_path.write_text(yaml.safe_dump(data))
+    save_site(load_site_config(sandbox.config_path))
+
+    state = extract_project(
+        project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
+    )
+
+    assert state.is_completed(), state.message
+    assert state.result()["exported"] == 24 - sandbox.expected["neither"]
+    primary = [op for op in sandbox.primary.activity if op.kind in RETRIEVALS]
+    secondary = [op for op in sandbox.secondary.activity if op.kind in RETRIEVALS]
+    assert len(primary) == sandbox.expected["primary"] + sandbox.expected["both"]
+    assert len(secondary) == sandbox.expected["secondary"]
+    assert max_in_flight(sandbox.primary.activity, RETRIEVALS) <= LIMIT
+    first_at_secondary = min(op.started for op in secondary)
+    after = [op for op in primary if op.started > first_at_secondary]
+    assert len(after) >= len(primary) / 2, (
+        f"the secondary began only after {len(primary) - len(after)} of the primary's "
+        f"{len(primary)} retrievals"
+    )
