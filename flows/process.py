@@ -27,7 +27,7 @@ from flows import clock, lanes
 from flows.lanes import close_handoff, export_lane, open_handoff, retrieval_lane
 from flows.limits import source_tag
 from flows.progress import Progress, WindowWait
-from flows.runtime import workspace
+from flows.runtime import FRESH, workspace
 from flows.stages import stage_times_artifact
 from pacsflow.config import ProjectConfig, SiteConfig
 from pacsflow.ledger import claims
@@ -157,7 +157,7 @@ def process_studies(
     """
     logger = get_run_logger()
     lane_seconds = lane_seconds or lanes.LANE_SECONDS
-    ws = workspace(site, ttl=0)  # as the blocks are now; tasks reuse it
+    ws = workspace(site, ttl=FRESH)  # as the blocks are now; tasks reuse it
     started_at = time.monotonic()
     handoff = open_handoff(maxsize=2 * export_lanes)
     exporters = [export_lane.submit(site, project, i, handoff.key) for i in range(export_lanes)]

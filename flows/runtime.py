@@ -27,6 +27,11 @@ from pacsflow.pipeline import Workspace
 #: Seconds a loaded block or secret is reused before it is read again.
 TTL = 60.0
 
+#: How old the blocks a flow run starts with may be. A run of process-studies that
+#: extract-project starts in its own process a moment after reading them takes those
+#: (reading them again cost 0.1 s of start-up); a run on a worker reads its own.
+FRESH = 10.0
+
 _T = TypeVar("_T")
 _lock = threading.Lock()
 _loaded: dict[tuple, tuple[float, object]] = {}
@@ -56,7 +61,8 @@ def workspace(site_block: str, ttl: float = TTL) -> Workspace:
     """The workspace for the site; one per site configuration per process.
 
     The ledger engine, its migrations and the claim-renewing thread are made once. A
-    flow run reads the blocks afresh once (``ttl=0``); its tasks then reuse them.
+    flow run reads the blocks afresh once (``ttl=0``, or :data:`FRESH`); its tasks then
+    reuse them.
     """
     site = site_config(site_block, ttl)
     key = site.model_dump_json()
