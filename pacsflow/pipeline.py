@@ -221,7 +221,7 @@ def _move_into(ws: Workspace, study_uid: str, folder: Path, move: Callable[[str]
         if not receiver.shared:
             raise  # our own receiver is up: the source does not know it
         LOGGER.info("the receiver of another process went away; serving its port here")
-        receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers)
+        receiver = process_receiver(ws.site.receiver, ws.staging, ws.peers, recheck=True)
         with routes.expect_study(ws.staging, study_uid, folder):
             move(receiver.config.ae_title)
 
