@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -150,6 +151,29 @@ def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def standing_receiver(config: Path, port: int, timeout: float = 30) -> Iterator[None]:
+    """``pacsflow receiver --config`` in a child process, as README's production path
+    runs one per machine; stopped by its pid."""
+    command = [*_pacsflow_command(), "receiver", "--config", str(config)]
+    log = config.parent / "receiver.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=config.parent, stdout=out, stderr=subprocess.STDOUT, env=child_env()
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.5):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pacsflow receiver did not start:\n{log_tail(log)}")
+            time.sleep(0.1)
+        yield
+    finally:
+        _stop(process)
 
 
 @contextlib.contextmanager

@@ -2,9 +2,10 @@
 
 Run ``python -m bench.two_workers [--studies 60] [--delay 1.0]``. The production path: a
 Prefect server on PostgreSQL, the ledger on PostgreSQL, ``pacsflow deploy`` on a process
-work pool, two ``prefect worker start`` processes, and three ``extract-project`` runs with
-``workers=2`` started together, as the UI would. Two busy sandbox PACS (``--delay`` s per
-retrieval) with limits k=3 (primary) and k=2 (secondary) record what they serve; each
+work pool, two ``prefect worker start`` processes, a standing ``pacsflow receiver``, and
+three ``extract-project`` runs with ``workers=2`` started together, as the UI would.
+Two busy sandbox PACS (``--delay`` s per retrieval) with limits k=3 (primary) and k=2
+(secondary) record what they serve; each
 project asks for a third of each source's studies, so every study of the secondary is
 first looked for in the primary.
 
@@ -33,6 +34,7 @@ from bench.harness import (
     figure,
     prefect_server,
     sandbox_process,
+    standing_receiver,
 )
 from bench.studies import write_manifest
 from pacsflow.config import ProjectConfig, SiteConfig
@@ -162,18 +164,22 @@ def main() -> None:
             }
             _pacsflow("configure", str(config), api_url=server.api_url, cwd=folder)
             _pacsflow("deploy", "--pool", POOL, api_url=server.api_url, cwd=REPO)
-            workers = [
-                start_prefect_worker(root / f"worker-{i}", server.api_url, POOL, name=f"w{i}")
-                for i in range(2)
-            ]
-            try:
-                marks = {name: pacs.log_offset() for name, pacs in sources.items()}
-                started, started_wall = time.monotonic(), time.time()
-                states = _run_all(server.api_url, folder, manifests, timeout=60 + 20 * n)
-                seconds = time.monotonic() - started
-            finally:
-                for worker in workers:
-                    worker.stop()
+            # One standing receiver per machine, as README's production path runs it: no
+            # flow run's process owns the C-MOVE port, so none takes it away as it ends
+            # (the moves under way then failed, and all slots sat idle ~1.5 s).
+            with standing_receiver(config, receiver_port):
+                workers = [
+                    start_prefect_worker(root / f"worker-{i}", server.api_url, POOL, name=f"w{i}")
+                    for i in range(2)
+                ]
+                try:
+                    marks = {name: pacs.log_offset() for name, pacs in sources.items()}
+                    started, started_wall = time.monotonic(), time.time()
+                    states = _run_all(server.api_url, folder, manifests, timeout=60 + 20 * n)
+                    seconds = time.monotonic() - started
+                finally:
+                    for worker in workers:
+                        worker.stop()
             exported = [p for p in (folder / "export").glob("*/*/*") if p.is_dir()]
             exported = [p for p in exported if not p.parts[-2].startswith(".")]
             completed = sum(state.is_completed() for state in states)
