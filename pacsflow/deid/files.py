@@ -47,13 +47,20 @@ def write_instance(ds: Dataset, dst: str | Path) -> Path:
     # put a TIFF header there, which may carry identifiers. Write zeros instead.
     ds.preamble = None
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.part")
+    tmp = os.path.join(os.path.dirname(dst), f".{dst.name}.part")
     try:
-        ds.save_as(tmp, enforce_file_format=True)
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+        except FileNotFoundError:
+            # The folder is missing (the first instance of a study): create it then, not
+            # before every write, where the check costs as much as a small element.
+            if os.path.isdir(os.path.dirname(tmp) or "."):
+                raise
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, dst)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
     return dst
 
@@ -70,10 +77,8 @@ def _check_source(ds: Dataset) -> None:
     if not isinstance(path, str) or stamp is None:
         return
     deferred = any(
-        isinstance(elem := ds.get_item(tag, keep_deferred=True), RawDataElement)
-        and elem.value is None
-        and elem.length != 0
-        for tag in ds.keys()  # noqa: SIM118 - tags: iterating decodes
+        isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0
+        for elem in ds._dict.values()  # as stored: iterating the Dataset would decode
     )
     if deferred and os.stat(path).st_mtime != stamp:
         raise SourceChanged(f"{path} changed since it was read; read it again")
