@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pydicom.datadict import keyword_for_tag
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -189,7 +189,10 @@ class _Engine:
         public = self.rules.public
         creators: dict[int, str] | None = None  # (group << 8 | block) -> creator
         used_blocks: set[int] = set()
-        for tag in list(ds.keys()):
+        defaults = self.profile._default_rules
+        # The elements as stored (raw or decoded), so that the VR a rule depends on is
+        # read without a lookup per tag; a copy, since rules remove and replace elements.
+        for tag, elem in list(ds._dict.items()):
             if tag >> 16 & 1:
                 if creators is None:
                     creators = _private_creators(ds)
@@ -197,7 +200,12 @@ class _Engine:
                 continue
             rule = public.get(tag)
             if rule is None:
-                rule = self.default_rule(ds, tag)
+                # The default depends on the tag and its VR only: decided once per profile.
+                key = (tag, elem.VR)
+                if key in defaults:
+                    rule = defaults[key]
+                else:
+                    rule = defaults[key] = self.default_rule(ds, tag)
                 if rule is None:
                     continue
             self.apply(ds, tag, rule, None)
@@ -258,6 +266,8 @@ class _Engine:
             if _vr_of(ds, tag) == "SQ":
                 self.walk_items(ds[tag])
             return
+        if (op is Operation.BLANK or op is Operation.UID) and _replace_raw(ds, tag, rule, self):
+            return
         elem = ds[tag]
         vr = elem.VR
         if vr == "SQ":
@@ -300,6 +310,58 @@ class _Engine:
     def walk_items(self, elem: DataElement) -> None:
         for item in elem.value:
             self.walk(item)
+
+
+# String VRs whose raw value pydicom decodes without changing the element's VR, and that
+# are never multi-byte (UI) or cannot fail to decode (no number to parse): blanking or
+# remapping one needs neither its decoded value nor pydicom's conversion.
+_PLAIN_STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+
+
+def _plain_raw(ds: Dataset, tag: int) -> tuple[RawDataElement, str] | None:
+    """The raw element at public ``tag`` and the VR pydicom would decode it with, when
+    that VR is a plain string VR and the value is in memory; None otherwise.
+
+    Why: ``ds[tag]`` converts the element (decoding, validation, a new DataElement),
+    which for a value about to be blanked or replaced is work thrown away. Explicit VR
+    UN is left to pydicom (it looks the VR up and may keep UN).
+    """
+    elem = ds._dict.get(tag)
+    if not isinstance(elem, RawDataElement) or elem.value is None or tag >> 16 & 1:
+        return None
+    vr = elem.VR
+    if vr is None:  # implicit VR: pydicom takes the dictionary's
+        vr = dictionary_vr(tag)
+    if vr not in _PLAIN_STRING_VRS or elem.length == 0xFFFFFFFF:
+        return None
+    return elem, vr
+
+
+def _replace_raw(ds: Dataset, tag: int, rule: Rule, engine: _Engine) -> bool:
+    """Apply ``blank`` or ``uid`` to a raw plain string element without decoding it;
+    False when the element needs pydicom's own conversion first.
+
+    The result is what decoding and then setting the value gives, byte for byte once
+    written: a blanked element is an empty raw one (as pydicom reads an empty element;
+    written with its own VR and length 0); a remapped UID is a new element holding the
+    new UID, as setting the value of the decoded element makes it.
+    """
+    found = _plain_raw(ds, tag)
+    if found is None:
+        return False
+    raw, vr = found
+    if rule.op is Operation.BLANK:
+        ds._dict[tag] = raw._replace(length=0, value=b"")
+        return True
+    if vr != "UI":
+        return False  # _refuse decides, on the decoded element
+    text = raw.value.decode("latin-1").rstrip("\0 ")  # as pydicom's convert_UI
+    if "\\" in text:
+        return False  # several UIDs: the decoded path maps each
+    ds[tag] = DataElement(tag, vr, _new_uid(text, engine.context.pseudonymizer))
+    return True
 
 
 def _refuse(ds: Dataset, tag: int, rule: Rule, vr: str) -> None:

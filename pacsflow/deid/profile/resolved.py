@@ -60,6 +60,10 @@ class Profile:
     manufacturers: tuple[ManufacturerRules, ...] = ()
     files: tuple[Path, ...] = ()
     _by_manufacturer: dict[str, RuleSet] = field(default_factory=dict, repr=False)
+    _default_rules: dict[tuple[int, str | None], Rule | None] = field(
+        default_factory=dict, repr=False
+    )
+    """The engine's default rule per (tag, VR as stored), for attributes no layer lists."""
 
     # --- what the profile is -------------------------------------------------------
 
