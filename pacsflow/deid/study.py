@@ -129,14 +129,18 @@ def deidentify_study(
     context = dataclasses.replace(context, identifiers=ids)
     matcher = Matcher(ids)
     skip = profile.written_values(context)
-    allowed: dict[tuple[int, str | None, str], bool] = {}  # the same for every instance
+    # The profile's answers are the same for every instance: one table per manufacturer,
+    # keyed by the tag alone for public attributes (most lookups, and the cheapest key).
+    allowed: dict[str, dict[int | tuple[int, str], bool]] = {}
 
     def allows_for(manufacturer: str) -> Callable[[int, str | None], bool]:
+        answers = allowed.setdefault(manufacturer, {})
+
         def allows(tag: int, creator: str | None) -> bool:
-            key = (int(tag), creator, manufacturer)
-            answer = allowed.get(key)
+            key = int(tag) if creator is None else (int(tag), creator)
+            answer = answers.get(key)
             if answer is None:
-                answer = allowed[key] = profile.allows(tag, creator, manufacturer)
+                answer = answers[key] = profile.allows(tag, creator, manufacturer)
             return answer
 
         return allows

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field, fields
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from pacsflow.deid.phi_gate.elements import decoded, is_bulk, raw_vr, tags, value_strings
+from pacsflow.deid.dictionary import dictionary_vr
+from pacsflow.deid.phi_gate.elements import decoded, is_bulk, tags, value_strings
 from pacsflow.deid.text import MIN_WORD_LENGTH, TOKEN, is_unspaced_script, normalize
 
 MIN_ID_LENGTH = 3
@@ -252,6 +253,16 @@ def _is_instance_uid(value: str) -> bool:
     )
 
 
+def _raw_uids(value: bytes) -> list[str]:
+    """The UIDs of a raw UI value, stripped as the collector strips decoded values.
+
+    The same strings as ``value_strings`` of pydicom's decoded value: it removes trailing
+    NUL and space padding, splits on backslashes and strips each UID of whitespace.
+    """
+    values = (v.strip().strip("\x00 ") for v in value.decode("latin-1").rstrip(" \x00").split("\\"))
+    return [v for v in values if v]
+
+
 def parse_da(value: str) -> datetime.date | None:
     """A DA value (YYYYMMDD, PS3.5 Table 6.2-1), the date of a DT, or ACR-NEMA YYYY.MM.DD."""
     digits = value.strip().replace(".", "")[:8] if "." in value[:10] else value.strip()[:8]
@@ -343,12 +354,19 @@ class IdentifierBuilder:
         if self._is_kept(tag):
             self._retained.setdefault(kind, set()).update(found)
 
+    def _add_uids(self, tag: int, values: list[str]) -> None:
+        if values and tag not in _NON_INSTANCE_UID_TAGS:
+            self._add("uids", tag, {v for v in values if _is_instance_uid(v)})
+
     def _collect(self, ds: Dataset) -> None:
-        # keys(), not iteration: iterating a Dataset decodes every element, pixels too.
-        for tag in ds.keys():  # noqa: SIM118
+        # The stored elements, not iteration: iterating a Dataset decodes every element,
+        # pixels too. A copy, as decoding a sequence replaces its element.
+        for tag, raw in list(ds._dict.items()):
             if is_bulk(tag):
                 continue
-            vr = raw_vr(ds, tag)
+            vr = raw.VR  # as raw_vr: without decoding
+            if vr is None or vr == "UN":
+                vr = dictionary_vr(tag)
             if tag >> 16 & 1 and vr not in ("SQ", "UI"):
                 continue  # private data: vendor-defined, what it means is unknown
             wanted = (
@@ -360,13 +378,17 @@ class IdentifierBuilder:
             )
             if not wanted:
                 continue
-            raw = ds.get_item(tag, keep_deferred=True)
             if vr != "SQ" and isinstance(raw, RawDataElement) and raw.value is not None:
                 # A study's instances repeat most values byte for byte: decode each once.
                 seen = (tag, raw.value, str(ds.original_character_set))
                 if seen in self._seen:
                     continue
                 self._seen.add(seen)
+                if raw.VR == "UI" or (raw.VR is None and vr == "UI" and not tag >> 16 & 1):
+                    # ASCII: read here as pydicom reads it, without its conversion (a
+                    # DataElement, validation); every instance has UIDs never seen.
+                    self._add_uids(tag, _raw_uids(raw.value))
+                    continue
             elem = decoded(ds, tag)  # ds itself stays as read
             if elem.VR == "SQ":
                 for item in elem.value or ():
@@ -377,8 +399,7 @@ class IdentifierBuilder:
             if not values:
                 continue
             if elem.VR == "UI":
-                if tag not in _NON_INSTANCE_UID_TAGS:
-                    self._add("uids", tag, {v for v in values if _is_instance_uid(v)})
+                self._add_uids(tag, values)
             elif tag in _PATIENT_ID_TAGS:
                 self.patient_ids.update(values)
             elif tag in _ACCESSION_TAGS:

@@ -152,20 +152,23 @@ def _walk(
     skip: Collection[str],
     out: list[str],
 ) -> None:
-    for tag in sorted(ds.keys(), key=int):  # int: BaseTag compares in Python, int in C
+    stored = ds._dict  # elements as stored: get_item's checks cost more than the lookup
+    for tag in sorted(stored, key=int):  # int: BaseTag compares in Python, int in C
         t = int(tag)
         refused = False
         if allows is not None:
-            if _is_private_creator(t):  # asked with the creator it reserves: its own value
-                creator = _text_value(ds, t)
+            if not t >> 16 & 1:
+                creator = None
+            elif 0x0010 <= t & 0xFFFF <= 0x00FF:  # a Private Creator (_is_private_creator):
+                creator = _text_value(ds, t)  # asked with the creator it reserves, its value
             else:
-                creator = _private_creator(ds, t) if t >> 16 & 1 else None
+                creator = _private_creator(ds, t)
             refused = not allows(tag, creator)
             if refused:
                 out.append(prefix + _label(ds, t, matcher))
         if t in BULK_TAGS or t & OVERLAY_DATA_MASK == OVERLAY_DATA:
             continue
-        elem = ds.get_item(tag, keep_deferred=True)
+        elem = stored[tag]
         vr = elem.VR
         if vr is None or vr == "UN":  # implicit VR, or unknown to the writer
             vr = dictionary_vr(t)  # still "UN" for private tags: pydicom decides below
