@@ -53,6 +53,20 @@ from pacsflow.deid.rules import (
 LOGGER = logging.getLogger(__name__)
 
 
+# The attributes every instance is given (as tags: see set_value).
+_PATIENT_NAME = 0x00100010
+_PATIENT_ID = 0x00100020
+_PATIENT_IDENTITY_REMOVED = 0x00120062
+_DEIDENTIFICATION_METHOD = 0x00120063
+_DEIDENTIFICATION_METHOD_CODE_SEQUENCE = 0x00120064
+_CODE_VALUE = 0x00080100
+_CODING_SCHEME_DESIGNATOR = 0x00080102
+_CODE_MEANING = 0x00080104
+_LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED = 0x00280303
+_SOP_INSTANCE_UID = 0x00080018
+_MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
+
+
 @lru_cache(maxsize=4096)
 def _hash_purpose(tag: int) -> str:
     return keyword_for_tag(tag) or f"{tag:08X}"
@@ -120,21 +134,23 @@ def deidentify(profile: Profile, ds: Dataset, context: DeidContext) -> Dataset:
         _cap_age(ds)
     # Patient Module (PS3.3 C.7.1.1): Patient's Name and Patient ID are Type 2; we give
     # the research pseudonym rather than the table's Z so exports link per patient.
-    ds.PatientName = context.patient_pseudonym
-    ds.PatientID = context.patient_pseudonym
+    set_value(ds, _PATIENT_NAME, context.patient_pseudonym)
+    set_value(ds, _PATIENT_ID, context.patient_pseudonym)
     # SOP Common Module (PS3.3 C.12.1.1.4): record that and how the instance was
     # de-identified; PS3.15 E.1.1 requires Patient Identity Removed = YES.
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = profile.method_description
+    set_value(ds, _PATIENT_IDENTITY_REMOVED, "YES")
+    set_value(ds, _DEIDENTIFICATION_METHOD, profile.method_description)
     codes = []
     for value, scheme, meaning in profile.method_codes:
         code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+        set_value(code, _CODE_VALUE, value)
+        set_value(code, _CODING_SCHEME_DESIGNATOR, scheme)
+        set_value(code, _CODE_MEANING, meaning)
         codes.append(code)
-    ds.DeidentificationMethodCodeSequence = Sequence(codes)
+    set_value(ds, _DEIDENTIFICATION_METHOD_CODE_SEQUENCE, Sequence(codes))
     if profile.shifts_dates:
         # General Image Module (PS3.3 C.7.6.1): dates were shifted, intervals kept.
-        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        set_value(ds, _LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, "MODIFIED")
     _deidentify_file_meta(ds)
     return ds
 
@@ -266,7 +282,7 @@ class _Engine:
             if _vr_of(ds, tag) == "SQ":
                 self.walk_items(ds[tag])
             return
-        if (op is Operation.BLANK or op is Operation.UID) and _replace_raw(ds, tag, rule, self):
+        if op in _RAW_OPERATIONS and _replace_raw(ds, tag, rule, self):
             return
         elem = ds[tag]
         vr = elem.VR
@@ -320,6 +336,9 @@ _PLAIN_STRING_VRS = frozenset(
 )
 
 
+_RAW_OPERATIONS = frozenset({Operation.BLANK, Operation.UID, Operation.DUMMY})
+
+
 def _plain_raw(ds: Dataset, tag: int) -> tuple[RawDataElement, str] | None:
     """The raw element at public ``tag`` and the VR pydicom would decode it with, when
     that VR is a plain string VR and the value is in memory; None otherwise.
@@ -340,28 +359,53 @@ def _plain_raw(ds: Dataset, tag: int) -> tuple[RawDataElement, str] | None:
 
 
 def _replace_raw(ds: Dataset, tag: int, rule: Rule, engine: _Engine) -> bool:
-    """Apply ``blank`` or ``uid`` to a raw plain string element without decoding it;
-    False when the element needs pydicom's own conversion first.
+    """Apply ``blank``, ``uid`` or ``dummy`` to a raw plain string element without
+    decoding it; False when the element needs pydicom's own conversion first.
 
     The result is what decoding and then setting the value gives, byte for byte once
     written: a blanked element is an empty raw one (as pydicom reads an empty element;
-    written with its own VR and length 0); a remapped UID is a new element holding the
-    new UID, as setting the value of the decoded element makes it.
+    written with its own VR and length 0); a remapped UID or a dummy is a new element
+    holding the new value, as setting the value of the decoded element makes it.
     """
     found = _plain_raw(ds, tag)
     if found is None:
         return False
     raw, vr = found
-    if rule.op is Operation.BLANK:
+    op = rule.op
+    if op is Operation.BLANK:
         ds._dict[tag] = raw._replace(length=0, value=b"")
         return True
-    if vr != "UI":
-        return False  # _refuse decides, on the decoded element
-    text = raw.value.decode("latin-1").rstrip("\0 ")  # as pydicom's convert_UI
-    if "\\" in text:
-        return False  # several UIDs: the decoded path maps each
-    ds[tag] = DataElement(tag, vr, _new_uid(text, engine.context.pseudonymizer))
-    return True
+    if vr == "UI":  # uid, and dummy too (_dummy remaps a UID)
+        text = raw.value.decode("latin-1").rstrip("\0 ")  # as pydicom's convert_UI
+        if "\\" in text:
+            return False  # several UIDs: the decoded path maps each
+        ds[tag] = DataElement(tag, vr, _new_uid(text, engine.context.pseudonymizer))
+        return True
+    if op is Operation.DUMMY and b"\\" not in raw.value:
+        # No backslash byte: one value at most (no character set encodes "\\" otherwise),
+        # so _dummy would set the single dummy of the VR (every plain VR has one).
+        ds[tag] = DataElement(tag, vr, DUMMY_BY_VR[vr])
+        return True
+    return False  # uid on another VR (_refuse decides), or a dummy for several values
+
+
+def set_value(ds: Dataset, tag: int, value: object) -> None:
+    """``ds.<keyword> = value``, as :meth:`Dataset.__setattr__` does it, for a tag.
+
+    Why: the engine sets the same few attributes on every instance; setattr looks the
+    keyword up, and it decodes an element (Patient's Name, blanked raw a moment before)
+    only to replace its value. A raw plain string element is replaced by a new element
+    of the VR pydicom would have decoded it with, which is the same element.
+    """
+    found = _plain_raw(ds, tag)
+    if found is not None:
+        ds[tag] = DataElement(tag, found[1], value)
+    elif tag in ds._dict:
+        elem = ds[tag]
+        elem.value = value
+        ds[tag] = elem  # as setattr does: a sequence is tied to its parent again
+    else:
+        ds[tag] = DataElement(tag, dictionary_vr(tag), value)
 
 
 def _refuse(ds: Dataset, tag: int, rule: Rule, vr: str) -> None:
@@ -433,6 +477,6 @@ def _deidentify_file_meta(ds: Dataset) -> None:
     for tag in list(meta.keys()):
         if tag not in FILE_META_KEEP:
             del meta[tag]
-    if "SOPInstanceUID" in ds:
+    if _SOP_INSTANCE_UID in ds._dict:
         # PS3.10 7.1: must equal the SOP Instance UID of the dataset it describes.
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        set_value(meta, _MEDIA_STORAGE_SOP_INSTANCE_UID, ds[_SOP_INSTANCE_UID].value)
