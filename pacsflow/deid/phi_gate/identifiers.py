@@ -361,7 +361,8 @@ class IdentifierBuilder:
     def _collect(self, ds: Dataset) -> None:
         # The stored elements, not iteration: iterating a Dataset decodes every element,
         # pixels too. A copy, as decoding a sequence replaces its element.
-        for tag, raw in list(ds._dict.items()):
+        for key, raw in list(ds._dict.items()):
+            tag = int(key)  # the tables are ints: a BaseTag compares with them in Python
             if is_bulk(tag):
                 continue
             vr = raw.VR  # as raw_vr: without decoding

@@ -214,10 +214,12 @@ class _Engine:
                     creators = _private_creators(ds)
                 self.walk_private(ds, tag, creators, used_blocks)
                 continue
-            rule = public.get(tag)
+            # Looked up as an int: a BaseTag key compares with the table's ints in Python.
+            t = int(tag)
+            rule = public.get(t)
             if rule is None:
                 # The default depends on the tag and its VR only: decided once per profile.
-                key = (tag, elem.VR)
+                key = (t, elem.VR)
                 if key in defaults:
                     rule = defaults[key]
                 else:
@@ -282,7 +284,9 @@ class _Engine:
             if _vr_of(ds, tag) == "SQ":
                 self.walk_items(ds[tag])
             return
-        if op in _RAW_OPERATIONS and _replace_raw(ds, tag, rule, self):
+        if (op is Operation.BLANK or op is Operation.UID or op is Operation.DUMMY) and _replace_raw(
+            ds, tag, rule, self
+        ):
             return
         elem = ds[tag]
         vr = elem.VR
@@ -334,9 +338,6 @@ class _Engine:
 _PLAIN_STRING_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
-
-
-_RAW_OPERATIONS = frozenset({Operation.BLANK, Operation.UID, Operation.DUMMY})
 
 
 def _plain_raw(ds: Dataset, tag: int) -> tuple[RawDataElement, str] | None:
