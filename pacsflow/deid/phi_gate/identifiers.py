@@ -253,6 +253,33 @@ def _is_instance_uid(value: str) -> bool:
     )
 
 
+def _wanted_vr(tag: int, stored_vr: str | None) -> str | None:
+    """The VR of an element the collector reads (as ``raw_vr`` finds it, without
+    decoding), or None for one it skips: bulk data, private data other than sequences
+    and UIDs (vendor-defined), and what is neither a name, a date, a UID, an AE title,
+    a sequence nor one of the identifier attributes."""
+    if is_bulk(tag):
+        return None
+    vr = stored_vr
+    if vr is None or vr == "UN":
+        vr = dictionary_vr(tag)
+    if tag >> 16 & 1 and vr not in ("SQ", "UI"):
+        return None  # private data: vendor-defined, what it means is unknown
+    wanted = (
+        vr in ("SQ", "UI", "PN", "DA", "DT", "AE")
+        or tag in _PATIENT_ID_TAGS
+        or tag in _ACCESSION_TAGS
+        or tag in _OTHER_ID_TAGS
+        or tag in _PHRASE_TAGS
+    )
+    return vr if wanted else None
+
+
+_WANTED: dict[tuple[int, str | None], str | None] = {}
+""":func:`_wanted_vr` per (tag, stored VR): the same answer for every instance."""
+_WANTED_LIMIT = 65536  # private tags are many; a cache that only grows would leak
+
+
 def _raw_uids(value: bytes) -> list[str]:
     """The UIDs of a raw UI value, stripped as the collector strips decoded values.
 
@@ -363,21 +390,13 @@ class IdentifierBuilder:
         # pixels too. A copy, as decoding a sequence replaces its element.
         for key, raw in list(ds._dict.items()):
             tag = int(key)  # the tables are ints: a BaseTag compares with them in Python
-            if is_bulk(tag):
-                continue
-            vr = raw.VR  # as raw_vr: without decoding
-            if vr is None or vr == "UN":
-                vr = dictionary_vr(tag)
-            if tag >> 16 & 1 and vr not in ("SQ", "UI"):
-                continue  # private data: vendor-defined, what it means is unknown
-            wanted = (
-                vr in ("SQ", "UI", "PN", "DA", "DT", "AE")
-                or tag in _PATIENT_ID_TAGS
-                or tag in _ACCESSION_TAGS
-                or tag in _OTHER_ID_TAGS
-                or tag in _PHRASE_TAGS
-            )
-            if not wanted:
+            decision = (tag, raw.VR)
+            vr = _WANTED.get(decision, "")
+            if vr == "":
+                vr = _WANTED[decision] = _wanted_vr(tag, raw.VR)
+                if len(_WANTED) > _WANTED_LIMIT:
+                    _WANTED.clear()
+            if vr is None:
                 continue
             if vr != "SQ" and isinstance(raw, RawDataElement) and raw.value is not None:
                 # A study's instances repeat most values byte for byte: decode each once.
