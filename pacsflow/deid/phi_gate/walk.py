@@ -144,6 +144,25 @@ def _raw_text(elem: RawDataElement, vr: str, ds: Dataset) -> str | None:
         return None
 
 
+def _look(tag: int, stored_vr: str | None) -> tuple[str, Context] | None:
+    """How the walk reads an element with this tag and stored VR: the VR it is read as
+    and the context of its text, or None when it is not read (bulk data, numbers)."""
+    if tag in BULK_TAGS or tag & OVERLAY_DATA_MASK == OVERLAY_DATA:
+        return None
+    vr = stored_vr
+    if vr is None or vr == "UN":  # implicit VR, or unknown to the writer
+        vr = dictionary_vr(tag)  # still "UN" for private tags: pydicom decides below
+    if vr not in TEXT_VRS and vr not in BINARY_VRS and vr != "SQ":
+        return None  # numbers, not text (or an ambiguous "US or SS")
+    return vr, context_of(tag, vr)
+
+
+_LOOKS: dict[tuple[int, str | None], tuple[str, Context] | None] = {}
+""":func:`_look` per (tag, stored VR): the same for every instance, asked of each element."""
+_LOOKS_LIMIT = 65536  # private tags are many; a cache that only grows would leak
+_UNSEEN = object()
+
+
 def _walk(
     ds: Dataset,
     prefix: str,
@@ -166,21 +185,23 @@ def _walk(
             refused = not allows(tag, creator)
             if refused:
                 out.append(prefix + _label(ds, t, matcher))
-        if t in BULK_TAGS or t & OVERLAY_DATA_MASK == OVERLAY_DATA:
-            continue
         elem = stored[tag]
-        vr = elem.VR
-        if vr is None or vr == "UN":  # implicit VR, or unknown to the writer
-            vr = dictionary_vr(t)  # still "UN" for private tags: pydicom decides below
-        if vr not in TEXT_VRS and vr not in BINARY_VRS and vr != "SQ":
-            continue  # numbers, not text (or an ambiguous "US or SS")
+        key = (t, elem.VR)
+        look = _LOOKS.get(key, _UNSEEN)
+        if look is _UNSEEN:
+            look = _LOOKS[key] = _look(t, elem.VR)
+            if len(_LOOKS) > _LOOKS_LIMIT:
+                _LOOKS.clear()
+        if look is None:
+            continue  # bulk data, or numbers
+        vr, context = look
         leaked = False
         if isinstance(elem, RawDataElement) and elem.value is not None and vr in TEXT_VRS:
             text = _raw_text(elem, vr, ds)
             if text is not None:
                 text = text.strip("\x00 ")
                 searched = bool(text) and text not in skip and not refused
-                if searched and matcher.leaks(text, context_of(t, vr)):
+                if searched and matcher.leaks(text, context):
                     out.append(prefix + _label(ds, t, matcher))
                 continue
         if isinstance(elem, RawDataElement) and elem.value is not None and vr in ("OB", "OW"):
