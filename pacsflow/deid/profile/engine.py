@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
@@ -380,14 +380,25 @@ def _replace_raw(ds: Dataset, tag: int, rule: Rule, engine: _Engine) -> bool:
         text = raw.value.decode("latin-1").rstrip("\0 ")  # as pydicom's convert_UI
         if "\\" in text:
             return False  # several UIDs: the decoded path maps each
-        ds[tag] = DataElement(tag, vr, _new_uid(text, engine.context.pseudonymizer))
+        _store(ds, DataElement(tag, vr, _new_uid(text, engine.context.pseudonymizer)))
         return True
     if op is Operation.DUMMY and b"\\" not in raw.value:
         # No backslash byte: one value at most (no character set encodes "\\" otherwise),
         # so _dummy would set the single dummy of the VR (every plain VR has one).
-        ds[tag] = DataElement(tag, vr, DUMMY_BY_VR[vr])
+        _store(ds, DataElement(tag, vr, DUMMY_BY_VR[vr]))
         return True
     return False  # uid on another VR (_refuse decides), or a dummy for several values
+
+
+def _store(ds: Dataset, elem: DataElement) -> None:
+    """``ds[elem.tag] = elem``, straight into the dataset's dict when that is all that
+    assignment does: a public, non-sequence element of a Dataset (not File Meta, whose
+    assignment checks the group). Why: the engine stores a few new elements in every
+    instance, and the checks of ``Dataset.__setitem__`` cost as much as building one."""
+    if elem.VR == "SQ" or elem.tag >> 16 & 1 or isinstance(ds, FileMetaDataset):
+        ds[elem.tag] = elem
+    else:
+        ds._dict[elem.tag] = elem
 
 
 def set_value(ds: Dataset, tag: int, value: object) -> None:
@@ -400,13 +411,13 @@ def set_value(ds: Dataset, tag: int, value: object) -> None:
     """
     found = _plain_raw(ds, tag)
     if found is not None:
-        ds[tag] = DataElement(tag, found[1], value)
+        _store(ds, DataElement(tag, found[1], value))
     elif tag in ds._dict:
         elem = ds[tag]
         elem.value = value
         ds[tag] = elem  # as setattr does: a sequence is tied to its parent again
     else:
-        ds[tag] = DataElement(tag, dictionary_vr(tag), value)
+        _store(ds, DataElement(tag, dictionary_vr(tag), value))
 
 
 def _refuse(ds: Dataset, tag: int, rule: Rule, vr: str) -> None:
