@@ -113,10 +113,20 @@ class _Finder:
     def __init__(self, rules: Iterable[_Rule]) -> None:
         rules = list(dict.fromkeys(rules))
         self._scan = re.compile("|".join(r.body for r in rules)) if rules else None
-        exact: dict[str, list[re.Pattern[str]]] = {}
+        exact: dict[str, list[str]] = {}
         for rule in rules:
-            exact.setdefault(rule.first, []).append(re.compile(rule.head + rule.body + rule.tail))
+            exact.setdefault(rule.first, []).append(rule.head + rule.body + rule.tail)
         self._exact = exact
+        # Compiled when the scan first finds a candidate starting with that character:
+        # compiling is most of the cost of a study's Matcher, and most studies' texts
+        # hold no candidate at all once de-identified.
+        self._compiled: dict[str, list[re.Pattern[str]]] = {}
+
+    def _patterns(self, first: str) -> list[re.Pattern[str]]:
+        patterns = self._compiled.get(first)
+        if patterns is None:
+            patterns = self._compiled[first] = [re.compile(p) for p in self._exact.get(first, ())]
+        return patterns
 
     def spans(self, upper: str) -> Iterator[tuple[int, int]]:
         scan = self._scan
@@ -125,7 +135,7 @@ class _Finder:
         pos = 0
         while (candidate := scan.search(upper, pos)) is not None:
             start = candidate.start()
-            for pattern in self._exact.get(upper[start], ()):
+            for pattern in self._patterns(upper[start]):
                 if (match := pattern.match(upper, start)) is not None:
                     yield start, match.end()
                     break
