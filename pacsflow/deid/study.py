@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 
 from pacsflow.deid.files import read_instance, write_instance
 from pacsflow.deid.phi_gate import GateResult, IdentifierBuilder, OriginalIdentifiers, find_leaks
-from pacsflow.deid.phi_gate.matching import Matcher
+from pacsflow.deid.phi_gate.matching import matcher_for
 from pacsflow.deid.profile import DeidContext, Profile
 
 
@@ -127,7 +127,8 @@ def deidentify_study(
     kept: list[Dataset | None] = []  # each freed once used
     ids = gather_identifiers(files, profile, mrn=mrn, accession=accession, kept=kept)
     context = dataclasses.replace(context, identifiers=ids)
-    matcher = Matcher(ids)
+    # The one the cleaner gets too (Cleaner.for_study): a study's patterns compiled once.
+    matcher = matcher_for(ids)
     skip = profile.written_values(context)
     # The profile's answers are the same for every instance: one table per manufacturer,
     # keyed by the tag alone for public attributes (most lookups, and the cheapest key).
