@@ -76,6 +76,9 @@ def write_instance(ds: Dataset, dst: str | Path) -> Path:
     return dst
 
 
+_PREAD = getattr(os, "pread", None)  # POSIX; elsewhere seek and read
+
+
 class _FileRange(io.BufferedIOBase):
     """Bytes ``[start, start + length)`` of an open file, as a readable, seekable buffer.
 
@@ -108,8 +111,12 @@ class _FileRange(io.BufferedIOBase):
         count = remaining if size is None or size < 0 else min(size, remaining)
         if count <= 0:
             return b""
-        self._file.seek(self._start + self._position)
-        data = self._file.read(count)
+        offset = self._start + self._position
+        if _PREAD is not None:  # one call, and no file position shared with the header check
+            data = _PREAD(self._file.fileno(), count, offset)
+        else:
+            self._file.seek(offset)
+            data = self._file.read(count)
         if len(data) != count:  # the file is shorter than when it was read
             raise SourceChanged("a value deferred to the write is missing from its file")
         self._position += count
