@@ -57,25 +57,33 @@ def claim_next(
     The study becomes ``retrieving``, held by ``owner`` until the lease ends.
     """
     now = _now()
-    condition = and_(_claimable(project, pull, now), Study.source_index == source_index)
-    candidate = select(Study.id).where(condition).order_by(Study.id).limit(1)
+    return _take(
+        session,
+        and_(_claimable(project, pull, now), Study.source_index == source_index),
+        Study.id,
+        status=StudyStatus.RETRIEVING.value,
+        claimed_by=owner,
+        claim_expires=now + lease,
+        attempts=Study.attempts + 1,
+        # A new pull starts the retry budget again.
+        tries=case((Study.pull == pull, Study.tries + 1), else_=1),
+        pull=pull,
+        last_error=None,
+        error_type=None,
+    )
+
+
+def _take(session: Session, condition, order, **values: object) -> Study | None:
+    """Set ``values`` on the first study by ``order`` that meets ``condition``, in one
+    statement, and return it; None if no study does."""
+    candidate = select(Study.id).where(condition).order_by(order).limit(1)
     if session.get_bind().dialect.name == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     statement = (
         update(Study)
         # The condition again: on PostgreSQL a row changed meanwhile is re-checked.
         .where(Study.id == candidate.scalar_subquery(), condition)
-        .values(
-            status=StudyStatus.RETRIEVING.value,
-            claimed_by=owner,
-            claim_expires=now + lease,
-            attempts=Study.attempts + 1,
-            # A new pull starts the retry budget again.
-            tries=case((Study.pull == pull, Study.tries + 1), else_=1),
-            pull=pull,
-            last_error=None,
-            error_type=None,
-        )
+        .values(**values)
         .returning(Study.id)
         .execution_options(synchronize_session=False)
     )
@@ -106,21 +114,7 @@ def claim_to_scout(
     condition = and_(_claimable(project, pull, now), Study.source_index == source_index)
     if below is not None:
         condition = and_(condition, Study.id < below)
-    candidate = select(Study.id).where(condition).order_by(Study.id.desc()).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        candidate = candidate.with_for_update(skip_locked=True)
-    statement = (
-        update(Study)
-        .where(Study.id == candidate.scalar_subquery(), condition)
-        .values(claimed_by=owner, claim_expires=now + lease)
-        .returning(Study.id)
-        .execution_options(synchronize_session=False)
-    )
-    study_id = session.execute(statement).scalar_one_or_none()
-    session.commit()
-    if study_id is None:
-        return None
-    return session.get(Study, study_id, populate_existing=True)
+    return _take(session, condition, Study.id.desc(), claimed_by=owner, claim_expires=now + lease)
 
 
 def unclaim(session: Session, study_id: int, owner: str) -> None:

@@ -17,13 +17,12 @@ pytestmark = pytest.mark.integration
 LIMIT = 2
 
 
-def _extract(sandbox_factory, find_ahead: bool | None):
-    """Run a 10-study extraction from a primary at 0.3 s per retrieval, limit 2."""
+def _run(sandbox, delay: float, find_ahead: bool | None = None) -> None:
+    """Extract the sandbox's manifest from a primary at ``delay`` s per retrieval, limit 2."""
     from blocks.site import save_site
     from flows.extract import extract_project
 
-    sandbox = sandbox_factory(n_studies=10)
-    sandbox.primary.retrieve_delay = 0.3
+    sandbox.primary.retrieve_delay = delay
     data = yaml.safe_load(sandbox.config_path.read_text())
     data["sources"]["primary"]["max_concurrent"] = LIMIT
     if find_ahead is not None:  # None: the default
@@ -34,7 +33,13 @@ def _extract(sandbox_factory, find_ahead: bool | None):
         project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
     )
     assert state.is_completed(), state.message
-    assert state.result()["exported"] == 10 - sandbox.expected["neither"]
+    assert state.result()["exported"] == len(sandbox.placement) - sandbox.expected["neither"]
+
+
+def _extract(sandbox_factory, find_ahead: bool | None):
+    """Run a 10-study extraction from a primary at 0.3 s per retrieval, limit 2."""
+    sandbox = sandbox_factory(n_studies=10)
+    _run(sandbox, 0.3, find_ahead)
     held = sandbox.expected["primary"] + sandbox.expected["both"]
     assert held >= 2 * LIMIT, "each primary lane should get more than one retrieval"
     return sandbox.primary.activity
@@ -67,9 +72,6 @@ def test_studies_only_the_secondary_holds_reach_it_while_the_primary_is_still_bu
     """The manifest lists the primary's studies first, as one sorted by date lists an
     archive's old ones together; the secondary must not wait for the primary to have
     retrieved every study listed before its own."""
-    from blocks.site import save_site
-    from flows.extract import extract_project
-
     sandbox = sandbox_factory(n_studies=24)
     with sandbox.manifest_path.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -79,18 +81,8 @@ def test_studies_only_the_secondary_holds_reach_it_while_the_primary_is_still_bu
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(row for _, row in ordered)
-    sandbox.primary.retrieve_delay = 0.6  # slow enough for the lanes to look ahead
-    data = yaml.safe_load(sandbox.config_path.read_text())
-    data["sources"]["primary"]["max_concurrent"] = LIMIT
-    sandbox.config_path.write_text(yaml.safe_dump(data))
-    save_site(load_site_config(sandbox.config_path))
+    _run(sandbox, 0.6)  # slow enough for the lanes to look ahead
 
-    state = extract_project(
-        project=str(sandbox.project_path), manifest=str(sandbox.manifest_path), return_state=True
-    )
-
-    assert state.is_completed(), state.message
-    assert state.result()["exported"] == 24 - sandbox.expected["neither"]
     primary = [op for op in sandbox.primary.activity if op.kind in RETRIEVALS]
     secondary = [op for op in sandbox.secondary.activity if op.kind in RETRIEVALS]
     assert len(primary) == sandbox.expected["primary"] + sandbox.expected["both"]
