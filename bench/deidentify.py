@@ -18,6 +18,7 @@ round counts, so a cold page cache in the first round does not decide the result
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -69,9 +70,12 @@ def make_instances(folder: Path, count: int) -> list[Path]:
 
 def _fresh(out: Path) -> Path:
     # Each round writes into a new empty folder, as the pipeline does, so that no round
-    # pays for replacing the files of the round before.
+    # pays for replacing the files of the round before. The disk is synced first, as in
+    # bench.destinations: the writeback of the side before (~0.5 GB) otherwise falls into
+    # the next side's time, and the sides always run in the same order.
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
+    os.sync()
     return out
 
 
