@@ -452,7 +452,8 @@ def status_counts(site: Site) -> dict[str, int]:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"pacsflow status failed ({done.returncode}): {done.stderr[-500:]}")
+        output = (done.stdout + done.stderr)[-800:]
+        raise RuntimeError(f"pacsflow status failed ({done.returncode}): {output}")
     report = json.loads(done.stdout)
     for study in report.get("failed", [])[:10]:  # reasons with identifiers masked
         print(f"  failed study {study['id']}: {study['reason'][:300]}")

@@ -132,6 +132,9 @@ def main() -> None:
                     mark = pacs.log_offset()
                     run = run_extract(site, server.api_url, shlex.split(args.extract_args))
                     ops = pacs.activity(mark)
+                    if run.returncode != 0:
+                        print(f"  pacsflow extract exit {run.returncode}, output (tail):")
+                        print(run.tail(40))
                     counts = status_counts(site)  # while a PostgreSQL ledger still runs
                 studies, _ = exported(site.export)
                 rate = studies / run.seconds
@@ -164,8 +167,6 @@ def main() -> None:
                         studies / (run.seconds - startup) / ideal,
                     )
                 ok_source = _print_source(SourceRecord.of(ops, k), k)
-                if run.returncode != 0:
-                    print(f"  pacsflow extract output (tail):\n{run.tail(15)}")
                 all_ok = all_ok and ok_all and ok_rate and ok_source
     print(f"\nsaturation: {'PASS' if all_ok else 'FAIL'}")
     raise SystemExit(0 if all_ok else 1)
