@@ -292,7 +292,13 @@ class _Lane:
             time.sleep(delay)
         study = self.next_located(finder)
         if study is not None and scout_until is not None:
-            self.scout(finder, scout_until)
+            try:
+                self.scout(finder, scout_until)
+            except Exception as exc:  # noqa: BLE001 - scouting is a help, never the lane's end
+                # A ledger cut off mid-scout: the study scouted stays held by this process
+                # (its leases are renewed) until the process ends, then comes back.
+                self.logger.warning("scouting %s stopped: %s", self.source_name, type(exc).__name__)
+                self.cursor.done = True
         return study
 
     def scout(self, finder: SourceAssociation, until: float) -> None:
