@@ -5,9 +5,8 @@ Prefect server on PostgreSQL, the ledger on PostgreSQL, ``pacsflow deploy`` on a
 work pool, two ``prefect worker start`` processes, a standing ``pacsflow receiver``, and
 three ``extract-project`` runs with ``workers=2`` started together, as the UI would.
 Two busy sandbox PACS (``--delay`` s per retrieval) with limits k=3 (primary) and k=2
-(secondary) record what they serve; each
-project asks for a third of each source's studies, so every study of the secondary is
-first looked for in the primary.
+(secondary) record what they serve; each project asks for a third of each source's
+studies, so every study of the secondary is first looked for in the primary.
 
 Printed, per source, from its own record: the most retrievals in flight (goal: never above
 its k) and the share of its busy time with k retrievals in flight (goal >= 90% while work
