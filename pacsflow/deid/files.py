@@ -78,6 +78,15 @@ def write_instance(ds: Dataset, dst: str | Path) -> Path:
 
 _PREAD = getattr(os, "pread", None)  # POSIX; elsewhere seek and read
 
+STREAM_CHUNK = 1024 * 1024
+"""Bytes pydicom copies at a time from a streamed value into the output, at least.
+
+pydicom copies a buffered value in chunks of ``config.settings.buffered_read_size``,
+8 KiB by default: 64 reads and 64 writes for a CT slice's 512 KB of pixel data, about a
+quarter of the whole write of such an instance (3.9-5.1 ms against 2.8-3.4 ms with 1 MiB
+chunks, measured). The setting is pydicom's, process-wide, and used for nothing else
+than copying buffered values (pydicom 3.0); it is raised, never lowered."""
+
 
 class _FileRange(io.BufferedIOBase):
     """Bytes ``[start, start + length)`` of an open file, as a readable, seekable buffer.
@@ -154,6 +163,8 @@ def _deferred_streamed(ds: Dataset) -> Iterator[None]:
             raise SourceChanged(f"{path} changed since it was read; read it again")
         yield
         return
+    if config.settings.buffered_read_size < STREAM_CHUNK:
+        config.settings.buffered_read_size = STREAM_CHUNK
     with open(path, "rb") as source:
         if os.fstat(source.fileno()).st_mtime != stamp:
             raise SourceChanged(f"{path} changed since it was read; read it again")

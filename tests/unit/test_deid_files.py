@@ -92,3 +92,21 @@ def test_a_source_changed_after_everything_was_loaded_does_not_matter(tmp_path):
     ds = read_instance(source)  # CT_small's pixel data is under DEFER_SIZE: nothing deferred
     os.utime(source, (1_000_000, 1_000_000))
     assert pydicom.dcmread(write_instance(ds, tmp_path / "out" / "0.dcm")).PixelData
+
+
+def test_a_value_longer_than_one_copied_chunk_is_written_whole(tmp_path, monkeypatch):
+    # pydicom copies a streamed value chunk by chunk; with STREAM_CHUNK (1 MiB) most
+    # pixel data fits one chunk, so make CT_small's 32 KB take hundreds of odd-sized ones.
+    from pydicom import config
+
+    monkeypatch.setattr("pacsflow.deid.files.DEFER_SIZE", 16)
+    monkeypatch.setattr("pacsflow.deid.files.STREAM_CHUNK", 100)
+    monkeypatch.setattr(config.settings, "_buffered_read_size", 10)
+    source = _large_ct(tmp_path)
+    ds = read_instance(source)
+    BASIC.deidentify(ds, CONTEXT)
+    written = write_instance(ds, tmp_path / "out" / "0.dcm")
+    assert config.settings.buffered_read_size == 100
+    whole = pydicom.dcmread(source)
+    BASIC.deidentify(whole, CONTEXT)
+    assert written.read_bytes() == write_instance(whole, tmp_path / "whole.dcm").read_bytes()
