@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from pacsflow.ledger.models import WORK_TO_DO, Study
-from pacsflow.manifest import ManifestRow
+
+if TYPE_CHECKING:  # pandas, which pacsflow.manifest imports, is no run-time need here
+    from pacsflow.manifest import ManifestRow
 
 #: Ids per ``IN`` list, well below SQLite's and PostgreSQL's parameter limits.
 _CHUNK = 500

@@ -69,6 +69,38 @@ def test_migrate_creates_folder_and_is_safe_twice(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_the_head_read_without_alembic_is_alembics_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from pacsflow.ledger.database import _MIGRATIONS, head_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_a_ledger_an_older_pacsflow_made_is_brought_to_head(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from pacsflow.ledger.database import _MIGRATIONS
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0004")
+        migrate(engine)
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == "0005"
+        assert "check_result" in {c["name"] for c in inspect(engine).get_columns("studies")}
+    finally:
+        engine.dispose()
+
+
 def _schema_diffs(engine: Engine, metadata: MetaData) -> list:
     with engine.connect() as connection:
         context = MigrationContext.configure(
