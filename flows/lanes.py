@@ -324,7 +324,7 @@ class _Lane:
         if waiting.get(index + 1, 0) >= SCOUT_AHEAD_ROUNDS * next_limit:
             return
         for _ in range(SCOUT_PER_RETRIEVAL):
-            if time.monotonic() >= until:
+            if time.monotonic() >= until or not is_open(self.windows, clock.now()):
                 return
             with ws.sessions() as session:
                 study = self.cursor.take(session, ws.owner)
@@ -351,13 +351,15 @@ class _Lane:
     def next_located(self, association: SourceAssociation) -> Study | None:
         """Claim the project's next study waiting for this source and C-FIND it there.
 
-        Returns the study once the source holds it (to fetch), None when no study is
-        waiting. A study that ends here (exported before, ambiguous, expanded, passed on
+        Returns the study once the source holds it (to fetch); None when no study is
+        waiting, or when the source's extraction window has closed: that is asked before
+        each claim, since a find ahead, or a run of studies the source lacks, can outlast
+        the opening. A study that ends here (exported before, ambiguous, expanded, passed on
         or not found, a failed query) is recorded in the ledger and counted, and the next
         one is claimed.
         """
         ws, project, counts = self.ws, self.project, self.find_counts
-        while True:
+        while is_open(self.windows, clock.now()):
             with ws.sessions() as session:
                 study = claims.claim_next(
                     session, project.name, self.source_index, ws.owner, self.pull
@@ -386,6 +388,7 @@ class _Lane:
                 continue
             if self._settle(study, located, counts):
                 return study
+        return None
 
     def _settle(self, study: Study, located: pipeline.Located, counts: Counter[str]) -> bool:
         """Record where a located study goes next; True when this source is to fetch it."""
