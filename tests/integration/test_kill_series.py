@@ -58,6 +58,16 @@ PROJECT = "killed"
 WAIT = 180  # seconds a moment may take to come: killed slots come back in 60-75 s
 
 
+def _wait_until_stopped(processes: list[psutil.Process], seconds: float = 2.0) -> None:
+    """Wait for SIGSTOP to take hold: a process stops only on its way back from the
+    kernel, so a rename it had under way completes after ``suspend()`` returned."""
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            while process.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+
 class Pull:
     """The pull under test: its processes, the runs started, and ways to reach each moment."""
 
@@ -160,6 +170,7 @@ class Pull:
                     frozen = [psutil.Process(pid) for pid in self.flow_processes()]
                     for process in frozen:
                         process.suspend()
+                    _wait_until_stopped(frozen)
                     try:
                         # <pseudonymous study UID>.<attempt>, see pacsflow.export.filesystem
                         still = [
