@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from functools import partial
@@ -48,7 +49,7 @@ from pacsflow.ledger import claims
 from pacsflow.ledger import repository as repo
 from pacsflow.ledger.models import Study, StudyStatus
 from pacsflow.ledger.scouting import scout_cursor
-from pacsflow.windows import ExtractionWindows, is_open
+from pacsflow.windows import is_open
 
 LOGGER = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class _Lane:
         self.source_index = project.sources.index(source_name)
         self.delays = ws.site.sources[source_name].retry_delays
         self.windows = ws.site.sources[source_name].windows
+        self._said_closed = False
         self.fetch_counts: Counter[str] = Counter()
         self.find_counts: Counter[str] = Counter()
         self.cursor = scout_cursor(project.name, self.source_index, pull)
@@ -227,6 +229,21 @@ class _Lane:
     @property
     def counts(self) -> Counter[str]:
         return self.fetch_counts + self.find_counts
+
+    def closed(self) -> bool:
+        """Whether the source's extraction window has closed (said once in the log).
+
+        Asked before every claim, query and retrieval, in both threads: a retrieval under
+        way when it closes finishes, and nothing new is sent to the source after.
+        """
+        if is_open(self.windows, clock.now()):
+            return False
+        if not self._said_closed:
+            self._said_closed = True
+            self.logger.info(
+                "the extraction window of %s has closed: no more claims", self.source_name
+            )
+        return True
 
     def run(
         self,
@@ -238,9 +255,7 @@ class _Lane:
         waits for the slot (looked at every ``lane_seconds``); the study in hand, and one
         found ahead, are fetched first.
         """
-        turns = _Turns(
-            self.source_name, self.pull, self.windows, lane_seconds, self.handoff, self.logger
-        )
+        turns = _Turns(self.source_name, self.pull, self.closed, lane_seconds, self.handoff)
         locate = partial(self.next_located, finder or association)
         # No thread exists until a first submit, so a lane without a finder costs none.
         with ThreadPoolExecutor(1, thread_name_prefix="find-ahead") as pool:
@@ -248,6 +263,9 @@ class _Lane:
             study = locate() if turns.go_on() else None
             last = 0.0  # how long the lane's last retrieval took
             while study is not None:
+                if self.closed():  # found while open, not yet asked for: the next pull's
+                    _give_back(self.ws, study.id)
+                    return
                 upcoming = None
                 self.front = study.id
                 started = time.monotonic()
@@ -324,7 +342,7 @@ class _Lane:
         if waiting.get(index + 1, 0) >= SCOUT_AHEAD_ROUNDS * next_limit:
             return
         for _ in range(SCOUT_PER_RETRIEVAL):
-            if time.monotonic() >= until or not is_open(self.windows, clock.now()):
+            if time.monotonic() >= until or self.closed():
                 return
             with ws.sessions() as session:
                 study = self.cursor.take(session, ws.owner)
@@ -359,7 +377,7 @@ class _Lane:
         one is claimed.
         """
         ws, project, counts = self.ws, self.project, self.find_counts
-        while is_open(self.windows, clock.now()):
+        while not self.closed():
             with ws.sessions() as session:
                 study = claims.claim_next(
                     session, project.name, self.source_index, ws.owner, self.pull
@@ -469,14 +487,13 @@ class _Turns:
         self,
         source_name: str,
         pull: str,
-        windows: ExtractionWindows | None,
+        closed: Callable[[], bool],
         lane_seconds: float,
         handoff: Handoff,
-        logger: logging.Logger | logging.LoggerAdapter,
     ) -> None:
         self.source_name, self.pull = source_name, pull
-        self.windows, self.lane_seconds = windows, lane_seconds
-        self.handoff, self.logger = handoff, logger
+        self.closed, self.lane_seconds = closed, lane_seconds
+        self.handoff = handoff
         self.deadline = time.monotonic() + lane_seconds
 
     def go_on(self) -> bool:
@@ -486,12 +503,7 @@ class _Turns:
             if others_wait_for(source_tag(self.source_name), runtime_flow_run.get_id(), self.pull):
                 return False  # the dispatcher of that run starts a lane with the slot
             self.deadline = time.monotonic() + self.lane_seconds
-        if not is_open(self.windows, clock.now()):
-            self.logger.info(
-                "the extraction window of %s has closed: no more claims", self.source_name
-            )
-            return False
-        return True
+        return not self.closed()
 
 
 def _give_back(ws: pipeline.Workspace, study_id: int) -> None:

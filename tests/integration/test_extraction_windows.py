@@ -161,7 +161,7 @@ def test_lanes_stop_claiming_when_the_window_closes_and_finish_the_study_in_hand
     import flows.clock
     from blocks.site import save_site
     from flows.extract import extract_project
-    from pacsflow.sandbox.activity import OperationKind
+    from pacsflow.sandbox.activity import RETRIEVALS, OperationKind
 
     sandbox = sandbox_factory(n_studies=40)
     # A busy archive: the run cannot finish in time. At 1 s per retrieval its four lanes
@@ -189,6 +189,12 @@ def test_lanes_stop_claiming_when_the_window_closes_and_finish_the_study_in_hand
     # A study starts with a C-FIND: after the closing, only the studies lanes held then.
     late = [op for op in finds if op.started_wall >= closed_at]
     assert len(late) <= site.sources["primary"].max_concurrent
+    # The retrievals under way at the closing finish; none starts after it (a study a
+    # lane found ahead waits for the next pull). The margin is the lane's own step from
+    # asking the clock to sending the request.
+    moves = [op for op in sandbox.primary.activity if op.kind in RETRIEVALS]
+    assert [op for op in moves if op.started_wall < closed_at], "nothing was retrieved"
+    assert not [op for op in moves if op.started_wall >= closed_at + 0.5]
     with session_factory(make_engine(site.ledger))() as session:
         rows = session.query(Study).all()
     assert [r for r in rows if r.status not in {s.value for s in FINAL}], "nothing was left"
