@@ -18,9 +18,9 @@ from deployments.cli import app
 from pacsflow import failures
 from pacsflow.errors import ConfigError, PermanentError, RetriableError, SourceUnavailable
 from pacsflow.failures import ErrorClass, Step
-from pacsflow.ledger import Study, claims, make_engine, migrate, session_factory
+from pacsflow.ledger import Study, claims
 from pacsflow.ledger import repository as repo
-from pacsflow.manifest import ManifestRow
+from tests.ledger_rows import ledger_with_studies
 
 PROJECT = "p1"
 OWNER = "test-owner"
@@ -28,15 +28,7 @@ OWNER = "test-owner"
 
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    migrate(engine)
-    factory = session_factory(engine)
-    rows = [
-        ManifestRow(row=i, study_date=dt.date(2024, 1, 1), mrn=f"M{i}", accession_number=f"A{i}")
-        for i in range(1, 4)
-    ]
-    with factory() as session:
-        repo.ingest_manifest(session, PROJECT, rows)
+    engine, factory = ledger_with_studies(tmp_path, PROJECT, 3)
     yield factory
     engine.dispose()
 

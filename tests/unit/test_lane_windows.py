@@ -16,10 +16,9 @@ import pytest
 import flows.clock
 from flows.lanes import Handoff, _Lane
 from pacsflow.config import ProjectConfig, SiteConfig
-from pacsflow.ledger import Study, StudyStatus, make_engine, migrate, session_factory
-from pacsflow.ledger import repository as repo
-from pacsflow.manifest import ManifestRow
+from pacsflow.ledger import Study, StudyStatus
 from pacsflow.pipeline import Workspace
+from tests.ledger_rows import ledger_with_studies
 
 SITE = SiteConfig(
     sources={
@@ -46,15 +45,7 @@ class NoQueries:
 
 @pytest.fixture
 def lane(tmp_path: Path, monkeypatch) -> _Lane:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    migrate(engine)
-    sessions = session_factory(engine)
-    rows = [
-        ManifestRow(row=i, study_date=dt.date(2024, 1, 1), mrn=f"M{i}", accession_number=f"A{i}")
-        for i in range(1, 6)
-    ]
-    with sessions() as session:
-        repo.ingest_manifest(session, PROJECT.name, rows)
+    engine, sessions = ledger_with_studies(tmp_path, PROJECT.name, 5)
     monkeypatch.setattr(flows.clock, "now", lambda: WEDNESDAY_NOON)
     ws = Workspace(site=SITE, sessions=sessions)
     yield _Lane(ws, PROJECT, "vna", "pull-1", Handoff(4), logging.getLogger("test"))
