@@ -23,10 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacsflow import failures
 from pacsflow.check import trusted_check
 from pacsflow.config import AmbiguityPolicy, ProjectConfig, RetrieveMethod, SiteConfig
-from pacsflow.deid.pixels import PixelPolicy, PixelVerdict, inspect_instance
-from pacsflow.deid.profile import DeidContext, Profile
+from pacsflow.deid import processes as deid_processes
+from pacsflow.deid.pixels import PixelPolicy
+from pacsflow.deid.profile import Profile
 from pacsflow.deid.pseudonyms import Pseudonymizer
-from pacsflow.deid.study import deidentify_study
+from pacsflow.deid.staged import StudyJob
 from pacsflow.dicom import integrity, routes, storage
 from pacsflow.dicom.association import SourceAssociation
 from pacsflow.dicom.matching import choose
@@ -406,41 +407,31 @@ def deidentify_and_export(
 
     patient_key = _patient_key(study, files[0])
     patient = study.participant_id or pseudonymizer.patient_id(patient_key)
-    context = DeidContext.for_patient(pseudonymizer, patient_key, patient)
     pseudo_study = pseudonymizer.uid(study.found_study_uid)
     work = ws.staging / "deid" / study.ref
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     # Pixel PHI: every original instance is inspected before the profile runs.
     pixel_policy = PixelPolicy.for_project(project)
-    verdicts: list[PixelVerdict] = []
-
-    def inspect(ds: pydicom.Dataset) -> PixelVerdict:
-        damage = integrity.pixel_data_problem(ds)
-        if damage is not None:  # before any work on it: the study cannot be exported
-            raise integrity.CorruptInstance(
-                f"instance {len(verdicts) + 1} of {len(selection.kept)} from {study.source} "
-                f"is not whole: {damage}; the source serves it so (ask its administrators "
-                "to repair or resend it), the next pull tries again"
-            )
-        verdicts.append(inspect_instance(ds, pixel_policy))
-        return verdicts[-1]
-
+    job = StudyJob(
+        files=tuple(selection.kept),
+        out_dir=work,
+        pseudonymizer=pseudonymizer,
+        patient_key=patient_key,
+        patient=patient,
+        pixels=pixel_policy,
+        source=study.source,
+        mrn=study.mrn,
+        accession=study.accession_number,
+    )
     try:
         with stage("de-identify"):
-            result = deidentify_study(
-                selection.kept,
-                profile,
-                context,
-                work,
-                mrn=study.mrn,
-                accession=study.accession_number,
-                inspect=inspect,
-            )
+            outcome = deid_processes.deidentify(job, profile)
     except integrity.CorruptInstance:
         shutil.rmtree(work, ignore_errors=True)  # nothing of it stays, identifiable or not
         storage.clear(raw)
         raise
+    result, verdicts = outcome.result, outcome.verdicts
     ocr_images = sum(v.ocr_images for v in verdicts)
     if ocr_images:
         seconds = sum(v.ocr_seconds for v in verdicts)

@@ -168,13 +168,15 @@ class _Pool:
             self._changed.notify()
 
 
-_pools: dict[int, _Pool] = {}
+_pools: dict[tuple[str, int], _Pool] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(size: int) -> _Pool:
+def _pool(size: int, purpose: str = "sender") -> _Pool:
+    """The pool of ``size`` processes for ``purpose``: a destination's sends never wait
+    for a de-identification process, nor the other way round."""
     with _pools_lock:
-        return _pools.setdefault(size, _Pool(size))
+        return _pools.setdefault((purpose, size), _Pool(size))
 
 
 def _call(pool: _Pool, function: Callable[..., Any], args: tuple) -> Any:
@@ -198,3 +200,9 @@ def run_in_processes(size: int, function: Callable[..., Any], calls: Iterable[tu
     """
     pool = _pool(size)
     return run_all(_call, [(pool, function, args) for args in calls], name="pacsflow-sender")
+
+
+def call_in_process(purpose: str, size: int, function: Callable[..., Any], args: tuple) -> Any:
+    """``function(*args)`` in one process of the ``purpose`` pool of ``size``; the caller's
+    thread waits for it (another thread's call takes another process, up to ``size``)."""
+    return _call(_pool(size, purpose), function, args)

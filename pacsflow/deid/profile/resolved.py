@@ -36,6 +36,15 @@ class RuleSet:
     public: Mapping[int, Rule]
     private: Mapping[PrivateKey, Rule]
 
+    def __reduce__(self):
+        # Read-only views do not pickle; a profile goes to the de-identification
+        # processes (pacsflow.deid.processes) as their dicts, and comes back read-only.
+        return (_rule_set, (dict(self.public), dict(self.private)))
+
+
+def _rule_set(public: dict[int, Rule], private: dict[PrivateKey, Rule]) -> RuleSet:
+    return RuleSet(MappingProxyType(public), MappingProxyType(private))
+
 
 @dataclass(frozen=True)
 class ManufacturerRules:

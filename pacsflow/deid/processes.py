@@ -1,0 +1,61 @@
+"""De-identifying studies in processes of their own, so that they do not share one GIL.
+
+Why: de-identification is CPU work in Python (reading, rewriting and checking every
+element of every instance). In the flow run's process it took the interpreter lock from
+the C-MOVE receiver and the retrieval lanes in the same process, so a run used one core
+however many the machine had, and every retrieval waited for it. Each of
+:data:`PROCESSES` processes de-identifies one study at a time; the run's export lanes
+hand them studies and wait, holding no lock.
+
+The processes are the sender processes of :mod:`pacsflow.export.sender_processes`, in a
+pool of their own: started on a first study, kept for the life of the worker process,
+ended with it. A study whose process dies (killed, out of memory) fails as retriable and
+is tried again by the next pull.
+
+``PACSFLOW_DEID_PROCESSES=0`` de-identifies in the calling process instead (for a
+debugger, or a machine that cannot start processes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import threading
+import weakref
+
+from pacsflow.deid.profile import Profile
+from pacsflow.deid.staged import StudyJob, StudyOutcome, deidentify_staged
+
+#: Processes per worker process: one per export lane of a run (flows.process.EXPORT_LANES).
+PROCESSES = int(os.environ.get("PACSFLOW_DEID_PROCESSES", "2"))
+
+#: A profile pickles to ~25 KB in 2 ms and loads in 2 ms: each is pickled once here and
+#: loaded once per process there, then found by its digest.
+_pickled: weakref.WeakKeyDictionary[Profile, tuple[str, bytes]] = weakref.WeakKeyDictionary()
+_loaded: dict[str, Profile] = {}
+_lock = threading.Lock()
+
+
+def deidentify(job: StudyJob, profile: Profile) -> StudyOutcome:
+    """:func:`deidentify_staged` in a de-identification process (or here, see above)."""
+    if PROCESSES <= 0:
+        return deidentify_staged(job, profile)
+    # Here, not at the top: a de-identification process imports this module to run
+    # _run, and needs none of the destinations that package brings.
+    from pacsflow.export.sender_processes import call_in_process
+
+    with _lock:
+        if profile not in _pickled:
+            data = pickle.dumps(profile)
+            _pickled[profile] = (hashlib.blake2b(data, digest_size=16).hexdigest(), data)
+        digest, data = _pickled[profile]
+    return call_in_process("deid", PROCESSES, _run, (digest, data, job))
+
+
+def _run(digest: str, data: bytes, job: StudyJob) -> StudyOutcome:
+    """In the de-identification process: the profile by its digest, then the study."""
+    profile = _loaded.get(digest)
+    if profile is None:
+        profile = _loaded[digest] = pickle.loads(data)
+    return deidentify_staged(job, profile)

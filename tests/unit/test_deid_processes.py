@@ -1,0 +1,89 @@
+"""De-identification processes write what the calling process would, and stand for it.
+
+A study goes to another process with its profile pickled; if anything were lost on the
+way (a rule, an option, the key), the output would differ from the same study
+de-identified in the calling process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from pacsflow.deid import processes
+from pacsflow.deid.pixels import PixelPolicy
+from pacsflow.deid.profile import build_profile
+from pacsflow.deid.pseudonyms import Pseudonymizer
+from pacsflow.deid.staged import StudyJob, deidentify_staged
+from pacsflow.errors import RetriableError
+from pacsflow.export import sender_processes
+from pacsflow.sandbox.synthetic import make_study, write_study
+
+PSEUDO = Pseudonymizer(bytes(range(32)))
+MRN = "MRN0000042"
+
+
+def _job(tmp_path: Path, out: str) -> StudyJob:
+    patient = {"mrn": MRN, "patient_name": "NGUYEN^AN", "birth_date": dt.date(1961, 3, 12)}
+    study = {"accession": "ACC42", "study_date": dt.date(2022, 5, 6), "sex": "F"}
+    source = tmp_path / "in"
+    if not source.exists():
+        write_study(make_study(**patient, **study, n_series=2, n_instances=2), source)
+    return StudyJob(
+        files=tuple(sorted(source.glob("*.dcm"))),
+        out_dir=tmp_path / out,
+        pseudonymizer=PSEUDO,
+        patient_key=MRN,
+        patient=PSEUDO.patient_id(MRN),
+        pixels=PixelPolicy(),
+        source="primary",
+        mrn=MRN,
+        accession="ACC42",
+    )
+
+
+def _written(result) -> list[bytes]:  # type: ignore[no-untyped-def]
+    return [path.read_bytes() for path in result.written]
+
+
+def _deid_pids() -> set[int]:
+    pool = sender_processes._pools[("deid", processes.PROCESSES)]
+    return {sender.process.pid for sender in pool._idle}
+
+
+OPTIONS = ("retain_longitudinal_modified_dates", "clean_descriptors")
+
+
+@pytest.mark.parametrize("options", [(), OPTIONS])
+def test_a_study_deidentified_in_another_process_is_written_as_here(tmp_path, options):
+    profile = build_profile("basic", list(options))
+    here = deidentify_staged(_job(tmp_path, "here"), profile)
+    there = processes.deidentify(_job(tmp_path, "there"), profile)
+    assert there.result.exportable and here.result.exportable
+    assert len(there.result.written) == 4
+    assert _written(there.result) == _written(here.result)
+    assert there.verdicts == here.verdicts
+    assert os.getpid() not in _deid_pids()  # it ran elsewhere
+
+
+def test_a_killed_deidentification_process_fails_its_study_as_retriable_and_is_replaced(
+    tmp_path, monkeypatch
+):
+    profile = build_profile("basic")
+    processes.deidentify(_job(tmp_path, "first"), profile)  # a process is up
+    # A process killed under a study: the call it runs is the one that fails.
+    job = _job(tmp_path, "killed")
+    monkeypatch.setattr(processes, "_run", _kill_myself)
+    with pytest.raises(RetriableError, match="ended during"):
+        processes.deidentify(job, profile)
+    monkeypatch.undo()
+    again = processes.deidentify(_job(tmp_path, "again"), profile)
+    assert again.result.exportable and len(again.result.written) == 4
+
+
+def _kill_myself(digest, data, job):  # type: ignore[no-untyped-def]
+    os.kill(os.getpid(), signal.SIGKILL)
