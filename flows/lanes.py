@@ -44,6 +44,7 @@ from flows.runtime import profile, pseudonymizer, workspace
 from flows.stages import StageTimes
 from pacsflow import failures, pipeline
 from pacsflow.config import ProjectConfig
+from pacsflow.deid import processes as deid_processes
 from pacsflow.dicom.association import SourceAssociation
 from pacsflow.ledger import claims
 from pacsflow.ledger import repository as repo
@@ -528,6 +529,7 @@ def export_lane(site: str, project: ProjectConfig, lane: int, handoff: str) -> d
     logger = get_run_logger()
     ws = workspace(site)
     counts: Counter[str] = Counter()
+    deid_processes.warm_up()
     with ws.leases.held():  # staged studies stay claimed until exported
         _export(ws, site, project, _handoffs[handoff], counts, logger)
     return dict(counts)

@@ -27,8 +27,14 @@ import weakref
 from pacsflow.deid.profile import Profile
 from pacsflow.deid.staged import StudyJob, StudyOutcome, deidentify_staged
 
-#: Processes per worker process: one per export lane of a run (flows.process.EXPORT_LANES).
-PROCESSES = int(os.environ.get("PACSFLOW_DEID_PROCESSES", "2"))
+#: Processes per worker process: one per export lane of a run (flows.process.EXPORT_LANES),
+#: leaving a core to the run's own process (its lanes and receiver). On two cores that is
+#: one: with two, a run of three projects on two workers (six such processes beside the
+#: servers) left the primary source at its limit for 30% of its busy time instead of 57%,
+#: where one process changed little (45%, within that benchmark's spread).
+PROCESSES = int(
+    os.environ.get("PACSFLOW_DEID_PROCESSES", max(1, min(2, (os.cpu_count() or 2) - 1)))
+)
 
 #: A profile pickles to ~25 KB in 2 ms and loads in 2 ms: each is pickled once here and
 #: loaded once per process there, then found by its digest.
@@ -51,6 +57,21 @@ def deidentify(job: StudyJob, profile: Profile) -> StudyOutcome:
             _pickled[profile] = (hashlib.blake2b(data, digest_size=16).hexdigest(), data)
         digest, data = _pickled[profile]
     return call_in_process("deid", PROCESSES, _run, (digest, data, job))
+
+
+def warm_up() -> None:
+    """Start a de-identification process now, for the calling export lane.
+
+    A process imports pydicom and the de-identification code first (about 1 s of CPU).
+    Started at its first study, it did so while the study waited, and on a busy machine
+    the run's hand-off queue filled meanwhile and stopped its retrieval lanes: the
+    primary source of a two-worker run stood idle for 2-3 s at a time. Started with the
+    export lane, it imports while the lanes find and fetch their first studies.
+    """
+    if PROCESSES > 0:
+        from pacsflow.export.sender_processes import call_in_process
+
+        call_in_process("deid", PROCESSES, os.getpid, ())
 
 
 def _run(digest: str, data: bytes, job: StudyJob) -> StudyOutcome:
