@@ -85,5 +85,18 @@ def test_a_killed_deidentification_process_fails_its_study_as_retriable_and_is_r
     assert again.result.exportable and len(again.result.written) == 4
 
 
+def test_an_error_in_a_deidentification_process_arrives_as_raised_there(tmp_path, monkeypatch):
+    """Same type, same message: the pipeline records it as it would its own (the detail in
+    the ledger, only the type in Prefect)."""
+    monkeypatch.setattr(processes, "_run", _fail_quoting_the_patient)
+    with pytest.raises(ValueError, match=r"^cannot parse NGUYEN\^AN MRN0000042, in \d+$") as raised:
+        processes.deidentify(_job(tmp_path, "failed"), build_profile("basic"))
+    assert int(str(raised.value).rpartition(" ")[2]) != os.getpid()
+
+
+def _fail_quoting_the_patient(digest, data, job):  # type: ignore[no-untyped-def]
+    raise ValueError(f"cannot parse NGUYEN^AN {job.mrn}, in {os.getpid()}")
+
+
 def _kill_myself(digest, data, job):  # type: ignore[no-untyped-def]
     os.kill(os.getpid(), signal.SIGKILL)
