@@ -19,6 +19,7 @@ debugger, or a machine that cannot start processes).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import threading
@@ -26,6 +27,9 @@ import weakref
 
 from pacsflow.deid.profile import Profile
 from pacsflow.deid.staged import StudyJob, StudyOutcome, deidentify_staged
+from pacsflow.errors import RetriableError
+
+LOGGER = logging.getLogger(__name__)
 
 #: Processes per worker process: one per export lane of a run (flows.process.EXPORT_LANES),
 #: leaving a core to the run's own process (its lanes and receiver). On two cores that is
@@ -63,15 +67,19 @@ def warm_up() -> None:
     """Start a de-identification process now, for the calling export lane.
 
     A process imports pydicom and the de-identification code first (about 1 s of CPU).
-    Started at its first study, it did so while the study waited, and on a busy machine
-    the run's hand-off queue filled meanwhile and stopped its retrieval lanes: the
-    primary source of a two-worker run stood idle for 2-3 s at a time. Started with the
-    export lane, it imports while the lanes find and fetch their first studies.
+    Started at its first study, it did so while that study, and the hand-off queue
+    behind it, waited; started with the export lane, it imports while the lanes find and
+    fetch their first studies. A process that cannot start now is not the lane's end:
+    the first study tries again, and fails alone (retriable) if it still cannot.
     """
-    if PROCESSES > 0:
-        from pacsflow.export.sender_processes import call_in_process
+    if PROCESSES <= 0:
+        return
+    from pacsflow.export.sender_processes import call_in_process
 
+    try:
         call_in_process("deid", PROCESSES, os.getpid, ())
+    except RetriableError as exc:  # no process now: the first study starts one, or fails alone
+        LOGGER.warning("could not start a de-identification process yet: %s", exc)
 
 
 def _run(digest: str, data: bytes, job: StudyJob) -> StudyOutcome:

@@ -100,3 +100,13 @@ def _fail_quoting_the_patient(digest, data, job):  # type: ignore[no-untyped-def
 
 def _kill_myself(digest, data, job):  # type: ignore[no-untyped-def]
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_an_export_lane_goes_on_when_no_deidentification_process_can_start_yet(monkeypatch, caplog):
+    def no_process():
+        raise RetriableError("could not start a sender process: [Errno 11] EAGAIN")
+
+    monkeypatch.setattr(sender_processes, "_pools", {})
+    monkeypatch.setattr(sender_processes, "_Sender", no_process)
+    processes.warm_up()  # does not raise: the lane goes on to its first study
+    assert "could not start a de-identification process yet" in caplog.text
