@@ -20,6 +20,7 @@ TITLES = {
     "force_key_change": "Accept a new pseudonymisation key",
     "workers": "Workers",
     "export_lanes": "Export lanes",
+    "studies_per_worker": "Studies per worker, at least",
 }
 FLOW_NAME = "extract-project"
 #: Flows whose forms offer the site's projects: the pull, and its pre-flight check.

@@ -128,7 +128,7 @@ class Pull:
         self.runs.append(
             run_deployment(
                 "extract-project/extract-project",
-                parameters={**parameters, "workers": 2},
+                parameters={**parameters, "workers": 2, "studies_per_worker": 1},
                 timeout=0,
             )
         )

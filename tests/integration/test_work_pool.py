@@ -118,7 +118,12 @@ def test_three_projects_on_two_workers_stay_within_the_limits_and_export_once(sc
     started = [
         run_deployment(
             "extract-project/extract-project",
-            parameters={"project": str(project), "manifest": str(manifest), "workers": 2},
+            parameters={
+                "project": str(project),
+                "manifest": str(manifest),
+                "workers": 2,
+                "studies_per_worker": 1,  # split even these few studies
+            },
             timeout=0,
         )
         for project, manifest in scenario["files"].values()
