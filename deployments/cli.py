@@ -336,8 +336,9 @@ def extract(
     workers: Annotated[
         int,
         typer.Option(
-            help="Split the pull over this many process-studies runs on a work pool "
-            "(needs the deployments and workers; see README). 1 runs it all here."
+            help="Split the pull over at most this many process-studies runs on a work "
+            "pool, one per 100 studies (needs the deployments and workers; see README). "
+            "1 runs it all here."
         ),
     ] = 1,
     export_lanes: Annotated[
