@@ -9,8 +9,9 @@ hand them studies and wait, holding no lock.
 
 The processes are the sender processes of :mod:`pacsflow.export.sender_processes`, in a
 pool of their own: started on a first study, kept for the life of the worker process,
-ended with it. A study whose process dies (killed, out of memory) fails as retriable and
-is tried again by the next pull.
+ended with it. A study whose process dies (killed, out of memory), or takes longer than
+its deadline (:data:`DEADLINE_SECONDS`), fails as retriable and is tried again by the next
+pull; the process is replaced.
 
 ``PACSFLOW_DEID_PROCESSES=0`` de-identifies in the calling process instead (for a
 debugger, or a machine that cannot start processes).
@@ -40,6 +41,14 @@ PROCESSES = int(
     os.environ.get("PACSFLOW_DEID_PROCESSES", max(1, min(2, (os.cpu_count() or 2) - 1)))
 )
 
+#: How long a study may take in a de-identification process before the process is
+#: ended and the study fails as retriable: a base, and a time per instance far above the
+#: slowest seen (OCR of an ultrasound frame ~1 s; plain instances take milliseconds). A
+#: study that hung (a library looping on a malformed file) held its export lane for good,
+#: and, once the hand-off queue filled, the run's retrieval lanes with their slots.
+DEADLINE_SECONDS = 120.0
+DEADLINE_SECONDS_PER_INSTANCE = 2.0
+
 #: A profile pickles to ~25 KB in 2 ms and loads in 2 ms: each is pickled once here and
 #: loaded once per process there, then found by its digest.
 _pickled: weakref.WeakKeyDictionary[Profile, tuple[str, bytes]] = weakref.WeakKeyDictionary()
@@ -60,7 +69,8 @@ def deidentify(job: StudyJob, profile: Profile) -> StudyOutcome:
             data = pickle.dumps(profile)
             _pickled[profile] = (hashlib.blake2b(data, digest_size=16).hexdigest(), data)
         digest, data = _pickled[profile]
-    return call_in_process("deid", PROCESSES, _run, (digest, data, job))
+    deadline = DEADLINE_SECONDS + DEADLINE_SECONDS_PER_INSTANCE * len(job.files)
+    return call_in_process("deid", PROCESSES, _run, (digest, data, job), deadline=deadline)
 
 
 def warm_up() -> None:
@@ -77,7 +87,7 @@ def warm_up() -> None:
     from pacsflow.export.sender_processes import call_in_process
 
     try:
-        call_in_process("deid", PROCESSES, os.getpid, ())
+        call_in_process("deid", PROCESSES, os.getpid, (), deadline=DEADLINE_SECONDS)
     except RetriableError as exc:  # no process now: the first study starts one, or fails alone
         LOGGER.warning("could not start a de-identification process yet: %s", exc)
 

@@ -71,6 +71,10 @@ class _SenderDied(RetriableError):
     """The sender process ended while it ran a call."""
 
 
+class _SenderTimedOut(_SenderDied):
+    """The sender did not answer within the call's deadline: it was ended."""
+
+
 class _Sender:
     """One sender process and the two pipes to it."""
 
@@ -96,9 +100,19 @@ class _Sender:
         self._requests = Connection(from_parent, readable=False)
         self._answers = Connection(to_parent, writable=False)
 
-    def call(self, function: Callable[..., Any], args: tuple) -> Any:
+    def call(self, function: Callable[..., Any], args: tuple, deadline: float | None = None) -> Any:
+        """``function(*args)`` in the sender; past ``deadline`` seconds it is killed and the
+        call fails as retriable (the pool starts another for the next call)."""
         try:
             self._requests.send((function, args))
+            # poll() is also true when the sender died: recv() then raises EOFError.
+            if deadline is not None and not self._answers.poll(deadline):
+                self.process.kill()
+                self.process.wait()
+                raise _SenderTimedOut(
+                    f"sender process {self.process.pid} did not answer within {deadline:.0f} s "
+                    "and was ended; the next attempt starts a new one"
+                )
             ok, value = self._answers.recv()
         except (EOFError, OSError):
             raise _SenderDied(
@@ -179,11 +193,13 @@ def _pool(size: int, purpose: str = "sender") -> _Pool:
         return _pools.setdefault((purpose, size), _Pool(size))
 
 
-def _call(pool: _Pool, function: Callable[..., Any], args: tuple) -> Any:
+def _call(
+    pool: _Pool, function: Callable[..., Any], args: tuple, deadline: float | None = None
+) -> Any:
     sender = pool.take()
     healthy = True  # the call may fail; the sender is fine as long as it answered
     try:
-        return sender.call(function, args)
+        return sender.call(function, args, deadline)
     except _SenderDied:
         healthy = False
         raise
@@ -202,7 +218,18 @@ def run_in_processes(size: int, function: Callable[..., Any], calls: Iterable[tu
     return run_all(_call, [(pool, function, args) for args in calls], name="pacsflow-sender")
 
 
-def call_in_process(purpose: str, size: int, function: Callable[..., Any], args: tuple) -> Any:
+def call_in_process(
+    purpose: str,
+    size: int,
+    function: Callable[..., Any],
+    args: tuple,
+    deadline: float | None = None,
+) -> Any:
     """``function(*args)`` in one process of the ``purpose`` pool of ``size``; the caller's
-    thread waits for it (another thread's call takes another process, up to ``size``)."""
-    return _call(_pool(size, purpose), function, args)
+    thread waits for it (another thread's call takes another process, up to ``size``).
+
+    With a ``deadline`` (seconds), a process that has not answered by then is killed and
+    the call raises :class:`~pacsflow.errors.RetriableError`: a call that hangs must not
+    hold its caller, and what waits behind it, for good.
+    """
+    return _call(_pool(size, purpose), function, args, deadline)

@@ -85,6 +85,33 @@ def test_a_killed_deidentification_process_fails_its_study_as_retriable_and_is_r
     assert again.result.exportable and len(again.result.written) == 4
 
 
+def test_a_study_that_hangs_in_its_process_fails_as_retriable_past_its_deadline(
+    tmp_path, monkeypatch
+):
+    """The hung process is ended (it would hold its export lane, and the lanes behind it,
+    for good) and the next study gets a new one."""
+    profile = build_profile("basic")
+    processes.deidentify(_job(tmp_path, "first"), profile)  # a process is up
+    (hung,) = _deid_pids()
+    monkeypatch.setattr(processes, "DEADLINE_SECONDS", 1.0)
+    monkeypatch.setattr(processes, "DEADLINE_SECONDS_PER_INSTANCE", 0.0)
+    monkeypatch.setattr(processes, "_run", _hang)
+    with pytest.raises(RetriableError, match="did not answer within 1 s"):
+        processes.deidentify(_job(tmp_path, "hangs"), profile)
+    with pytest.raises(ProcessLookupError):
+        os.kill(hung, 0)  # ended and reaped
+    monkeypatch.undo()
+    again = processes.deidentify(_job(tmp_path, "again"), profile)
+    assert again.result.exportable and len(again.result.written) == 4
+    assert hung not in _deid_pids()
+
+
+def _hang(digest, data, job):  # type: ignore[no-untyped-def]
+    import time
+
+    time.sleep(600)
+
+
 def test_an_error_in_a_deidentification_process_arrives_as_raised_there(tmp_path, monkeypatch):
     """Same type, same message: the pipeline records it as it would its own (the detail in
     the ledger, only the type in Prefect)."""
