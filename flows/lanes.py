@@ -226,6 +226,8 @@ class _Lane:
         self.find_counts: Counter[str] = Counter()
         self.cursor = scout_cursor(project.name, self.source_index, pull)
         self.front = 0  # the ledger id of the study being fetched
+        #: Scouted studies a ledger error left claimed (see :meth:`release_stranded`).
+        self.stranded: set[int] = set()
 
     @property
     def counts(self) -> Counter[str]:
@@ -254,8 +256,20 @@ class _Lane:
     ) -> None:
         """Work until no study waits for the source, its window closes, or another run
         waits for the slot (looked at every ``lane_seconds``); the study in hand, and one
-        found ahead, are fetched first.
+        found ahead, are fetched first. Scouted studies a ledger error left claimed are
+        given back at the end.
         """
+        try:
+            self._run(association, finder, lane_seconds)
+        finally:
+            self.release_stranded()
+
+    def _run(
+        self,
+        association: SourceAssociation,
+        finder: SourceAssociation | None,
+        lane_seconds: float,
+    ) -> None:
         turns = _Turns(self.source_name, self.pull, self.closed, lane_seconds, self.handoff)
         locate = partial(self.next_located, finder or association)
         # No thread exists until a first submit, so a lane without a finder costs none.
@@ -314,8 +328,8 @@ class _Lane:
             try:
                 self.scout(finder, scout_until)
             except Exception as exc:  # noqa: BLE001 - scouting is a help, never the lane's end
-                # A ledger cut off mid-scout: the study scouted stays held by this process
-                # (its leases are renewed) until the process ends, then comes back.
+                # A ledger cut off mid-scout: the study scouted is in self.stranded, and
+                # given back when the lane ends (release_stranded).
                 self.logger.warning("scouting %s stopped: %s", self.source_name, type(exc).__name__)
                 self.cursor.done = True
         return study
@@ -349,19 +363,46 @@ class _Lane:
                 study = self.cursor.take(session, ws.owner)
             if study is None:
                 return
-            if study.id <= self.front:  # the lanes are here already: nothing ahead
-                self.cursor.done = True
-                self._unclaim(study.id)
-                return
             try:
-                located = pipeline.locate(
-                    ws, study.id, self.source_name, finder, project.ambiguity, project.sources
+                if not self._scout_one(study, finder):
+                    return
+            except BaseException:
+                self.stranded.add(study.id)
+                raise
+
+    def _scout_one(self, study: Study, finder: SourceAssociation) -> bool:
+        """Ask about one scouted study and settle or give it back; False: stop scouting."""
+        ws, project = self.ws, self.project
+        if study.id <= self.front:  # the lanes are here already: nothing ahead
+            self.cursor.done = True
+            self._unclaim(study.id)
+            return False
+        try:
+            located = pipeline.locate(
+                ws, study.id, self.source_name, finder, project.ambiguity, project.sources
+            )
+        except Exception:  # the lane that takes it meets the error and records it
+            self._unclaim(study.id)
+            return False
+        if self._settle(study, located, self.find_counts):
+            self._unclaim(study.id)  # held here: its lane fetches it in turn
+        return True
+
+    def release_stranded(self) -> None:
+        """Give back the scouted studies a ledger error left claimed, now that it may be
+        back. Their claims are not this pull's (scouting leaves a study's pull as it was),
+        so the run's orphan sweep does not see them, and this process's lease renewals
+        would hold them until it ends."""
+        for study_id in sorted(self.stranded):
+            try:
+                self._unclaim(study_id)
+            except Exception as exc:  # noqa: BLE001 - passed on already, or the ledger is still away
+                self.logger.warning(
+                    "scouted study %s not given back (%s): it waits until this process ends",
+                    study_id,
+                    type(exc).__name__,
                 )
-            except Exception:  # the lane that takes it meets the error and records it
-                self._unclaim(study.id)
-                return
-            if self._settle(study, located, self.find_counts):
-                self._unclaim(study.id)  # held here: its lane fetches it in turn
+        self.stranded.clear()
 
     def _unclaim(self, study_id: int) -> None:
         with self.ws.sessions() as session:
