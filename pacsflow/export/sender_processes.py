@@ -106,14 +106,9 @@ class _Sender:
         try:
             self._requests.send((function, args))
             # poll() is also true when the sender died: recv() then raises EOFError.
-            if deadline is not None and not self._answers.poll(deadline):
-                self.process.kill()
-                self.process.wait()
-                raise _SenderTimedOut(
-                    f"sender process {self.process.pid} did not answer within {deadline:.0f} s "
-                    "and was ended; the next attempt starts a new one"
-                )
-            ok, value = self._answers.recv()
+            answered = deadline is None or self._answers.poll(deadline)
+            if answered:
+                ok, value = self._answers.recv()
         except (EOFError, OSError):
             raise _SenderDied(
                 f"sender process {self.process.pid} ended during the transfer (killed, or "
@@ -124,6 +119,13 @@ class _Sender:
                 f"could not read the answer of sender process {self.process.pid}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        if not answered:
+            self.process.kill()
+            self.process.wait()
+            raise _SenderTimedOut(
+                f"sender process {self.process.pid} did not answer within {deadline:.0f} s "
+                "and was ended; the next attempt starts a new one"
+            )
         if not ok:
             raise value
         return value
