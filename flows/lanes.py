@@ -226,8 +226,9 @@ class _Lane:
         self.find_counts: Counter[str] = Counter()
         self.cursor = scout_cursor(project.name, self.source_index, pull)
         self.front = 0  # the ledger id of the study being fetched
-        #: Scouted studies a ledger error left claimed (see :meth:`release_stranded`).
-        self.stranded: set[int] = set()
+        #: Scouted studies a ledger error left claimed, with their pull and tries then
+        #: (see :meth:`release_stranded`).
+        self.stranded: dict[int, tuple[str | None, int]] = {}
 
     @property
     def counts(self) -> Counter[str]:
@@ -367,7 +368,7 @@ class _Lane:
                 if not self._scout_one(study, finder):
                     return
             except BaseException:
-                self.stranded.add(study.id)
+                self.stranded[study.id] = (study.pull, study.tries)
                 raise
 
     def _scout_one(self, study: Study, finder: SourceAssociation) -> bool:
@@ -392,11 +393,24 @@ class _Lane:
         """Give back the scouted studies a ledger error left claimed, now that it may be
         back. Their claims are not this pull's (scouting leaves a study's pull as it was),
         so the run's orphan sweep does not see them, and this process's lease renewals
-        would hold them until it ends."""
-        for study_id in sorted(self.stranded):
+        would hold them until it ends.
+
+        Only a study this process still holds with the pull and tries it had: the error
+        may have come after the give-back was committed, and a lane of this process (the
+        same owner) may since have claimed it for real, which makes it this pull's and
+        counts a try.
+        """
+        owner = self.ws.owner
+        for study_id, then in sorted(self.stranded.items()):
             try:
-                self._unclaim(study_id)
-            except Exception as exc:  # noqa: BLE001 - passed on already, or the ledger is still away
+                with self.ws.sessions() as session:
+                    study = session.get(Study, study_id)
+                    if study is None or study.claimed_by != owner:
+                        continue  # given back, or passed on
+                    if (study.pull, study.tries) != then:
+                        continue  # claimed since by a lane of this process
+                    claims.unclaim(session, study_id, owner)
+            except Exception as exc:  # noqa: BLE001 - the ledger is still away
                 self.logger.warning(
                     "scouted study %s not given back (%s): it waits until this process ends",
                     study_id,

@@ -69,8 +69,25 @@ def test_a_study_left_claimed_by_a_ledger_error_while_scouting_is_given_back(lan
     assert tries == [stuck, stuck]
 
 
-def test_a_stranded_study_that_cannot_be_given_back_yet_is_logged_by_id(lane, caplog):
-    lane.stranded.add(3)  # never claimed by this lane: the give-back fails
+def test_a_stranded_study_since_claimed_for_real_by_the_same_process_is_left_to_its_lane(lane):
+    """The give-back may have been committed before the error: another lane of this
+    process (the same owner) can then claim the study for its pull, and keeps it."""
+    with lane.ws.sessions() as session:
+        study = claims.claim_next(session, PROJECT.name, 0, lane.ws.owner, lane.pull)
+    lane.stranded[study.id] = (None, 0)  # as scouting found it, before that claim
+
     lane.release_stranded()
-    assert "scouted study 3 not given back" in caplog.text
-    assert lane.stranded == set()
+
+    assert _held(lane) == [study.id]
+    assert lane.stranded == {}
+
+
+def test_a_stranded_study_that_cannot_be_given_back_yet_is_logged_by_id(lane, monkeypatch, caplog):
+    def ledger_away(*args, **kwargs):
+        raise OperationalError("SELECT", {}, Exception("the ledger went away"))
+
+    lane.stranded[3] = (None, 0)
+    monkeypatch.setattr(lane.ws, "sessions", ledger_away)
+    lane.release_stranded()
+    assert "scouted study 3 not given back (OperationalError)" in caplog.text
+    assert lane.stranded == {}
